@@ -1,0 +1,21 @@
+"""segrank: rank pre-trained segmentation models on unlabelled data by prediction consistency."""
+from importlib.metadata import PackageNotFoundError, version as _version
+from pathlib import Path as _Path
+
+try:
+    __version__ = _version("segrank")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0+unknown"
+
+
+def cmake_dir() -> str:
+    """Folder holding segrankConfig.cmake, for `find_package(segrank)` from C++."""
+    # The compiled module sits beside the installed CMake files, also in editable installs.
+    from importlib.util import find_spec
+
+    spec = find_spec("segrank._metrics")
+    base = _Path(spec.origin).parent if spec and spec.origin else _Path(__file__).parent
+    return str(base / "cmake" / "segrank")
+
+
+__all__ = ["__version__", "cmake_dir"]
