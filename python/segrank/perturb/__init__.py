@@ -1,1 +1,1 @@
-"""TODO"""
+"""Seeded perturbations: input-space transforms and channel dropout masks."""
