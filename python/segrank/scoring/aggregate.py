@@ -1,0 +1,108 @@
+"""From per-unit scores to one score per model, with bootstrap uncertainty and the ranking."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..perturb.seeds import rng
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """Aggregate of one model under one perturbation setting.
+
+    score is the median over scored units (None when no unit has a score); ci_low/ci_high is
+    the bootstrap 95% interval of that median; p_best the bootstrap probability that this model
+    has the highest median of the bank.
+    """
+
+    name: str
+    score: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_best: float
+    n_units: int
+    n_scored: int
+
+
+def aggregate(
+    names: list[str], scores: np.ndarray, *, n_boot: int = 1000, seed: int = 0, label: str = ""
+) -> tuple[list[ModelScore], float | None]:
+    """Median score per model and a paired bootstrap over units.
+
+    Parameters
+    ----------
+    names : list of str
+        Model names, one per row of `scores`.
+    scores : ndarray, shape (M, N)
+        Per-unit scores (already averaged over repeats), NaN where a unit has no score.
+    n_boot : int
+        Bootstrap resamples of the N units (the same resample for every model: paired).
+    seed : int
+        Seeds the resampling through segrank's seed derivation.
+
+    Returns
+    -------
+    model_scores : list of ModelScore, in the order of `names`.
+    p_top_separated : float or None
+        Bootstrap probability that the top-ranked model's median beats the second's (None with
+        fewer than two scored models).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(names), -1)
+    n_models, n_units = scores.shape
+    scored = ~np.isnan(scores)
+    medians = np.array([np.median(row[ok]) if ok.any() else np.nan for row, ok in zip(scores, scored)])
+
+    boot = np.full((n_models, n_boot), np.nan)
+    if n_units and n_boot:
+        idx = rng(seed, "bank", f"bootstrap/{label}", 0, "bootstrap").integers(0, n_units, size=(n_boot, n_units))
+        for m in range(n_models):
+            if scored[m].any():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # resamples of only NaN
+                    boot[m] = np.nanmedian(scores[m][idx], axis=1)
+    # p_best: a resample's winner is the highest median; ties split; NaN never wins.
+    filled = np.where(np.isnan(boot), -np.inf, boot)
+    best = filled.max(axis=0, keepdims=True)
+    winners = (filled == best) & np.isfinite(filled)
+    share = winners / np.maximum(winners.sum(axis=0, keepdims=True), 1)
+    p_best = share.mean(axis=1) if n_boot else np.zeros(n_models)
+
+    out = []
+    for m, name in enumerate(names):
+        ok = ~np.isnan(boot[m])
+        lo, hi = (np.percentile(boot[m][ok], [2.5, 97.5]) if ok.any() else (np.nan, np.nan))
+        out.append(
+            ModelScore(
+                name=name,
+                score=_opt(medians[m]),
+                ci_low=_opt(lo),
+                ci_high=_opt(hi),
+                p_best=float(p_best[m]),
+                n_units=int(n_units),
+                n_scored=int(scored[m].sum()),
+            )
+        )
+    order = ranking_order(out)
+    p_sep = None
+    if len(order) >= 2 and out[order[1]].score is not None:
+        a, b = boot[order[0]], boot[order[1]]
+        p_sep = float(np.mean(np.nan_to_num(a, nan=-np.inf) > np.nan_to_num(b, nan=-np.inf)))
+    return out, p_sep
+
+
+def ranking_order(model_scores: list[ModelScore]) -> list[int]:
+    """Indices in rank order: descending score, models without a score last, ties by name."""
+    return sorted(
+        range(len(model_scores)),
+        key=lambda i: (model_scores[i].score is None, -(model_scores[i].score or 0.0), model_scores[i].name),
+    )
+
+
+def _opt(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+__all__ = ["ModelScore", "aggregate", "ranking_order"]
