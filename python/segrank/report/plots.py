@@ -1,0 +1,72 @@
+"""PNG figures of a ranking: scores with intervals, per-unit distributions, example tiles."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ranking(rows: list[dict], path: Path) -> None:
+    """Median score and 95% bootstrap interval per model, one panel per perturbation."""
+    plt = _pyplot()
+    perts = list(dict.fromkeys(r["perturbation"] for r in rows))
+    n_models = max(sum(r["perturbation"] == p for r in rows) for p in perts)
+    fig, axes = plt.subplots(1, len(perts), figsize=(5 * len(perts), 0.4 * n_models + 1.5), squeeze=False)
+    for ax, pert in zip(axes[0], perts):
+        block = [r for r in rows if r["perturbation"] == pert][::-1]
+        y = np.arange(len(block))
+        for yi, r in zip(y, block):
+            if r["score"] is None:
+                ax.text(0.0, yi, " no score", va="center", fontsize=8, color="grey")
+                continue
+            ax.errorbar(r["score"], yi, xerr=[[r["score"] - r["ci_low"]], [r["ci_high"] - r["score"]]],
+                        fmt="o", color="C0", capsize=3)
+        ax.set_yticks(y, [f"{r['rank']}. {r['name']}" for r in block], fontsize=8)
+        ax.set_xlabel(f"consistency ({block[0]['metric']})")
+        ax.set_title(pert, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_distributions(per_unit: dict[str, dict[str, list[float]]], order: dict[str, list[str]], path: Path) -> None:
+    """Per-unit scores of each model (box plots), one panel per perturbation."""
+    plt = _pyplot()
+    perts = list(per_unit)
+    fig, axes = plt.subplots(1, len(perts), figsize=(5 * len(perts), 0.4 * max(len(v) for v in per_unit.values()) + 1.5),
+                             squeeze=False)
+    for ax, pert in zip(axes[0], perts):
+        names = order[pert][::-1]
+        data = [per_unit[pert].get(n, []) or [np.nan] for n in names]
+        ax.boxplot(data, vert=False, widths=0.6, showfliers=True)
+        ax.set_yticks(np.arange(1, len(names) + 1), names, fontsize=8)
+        ax.set_xlabel("per-image consistency")
+        ax.set_title(pert, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_examples(examples: list[dict], path: Path) -> None:
+    """Rows of (image, unperturbed, perturbed prediction) tiles, e.g. for the best and worst model."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
+    for row, ex in zip(axes, examples):
+        for ax, key, title in zip(row, ("image", "unperturbed", "perturbed"), ("image", "unperturbed", "perturbed")):
+            ax.imshow(ex[key], cmap="gray" if key == "image" else "magma", interpolation="nearest")
+            ax.set_title(f"{ex['label']}: {title}" if key == "image" else title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
