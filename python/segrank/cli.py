@@ -1,12 +1,27 @@
 """Command-line interface: a thin click layer over segrank's Python API."""
 from __future__ import annotations
 
+import json
+import sys
+
 import click
 
 from . import __version__, cmake_dir
+from .errors import SegrankError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Reports segrank's own errors as one line on stderr (exit 2), without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SegrankError as err:
+            click.echo(f"segrank: error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="segrank")
 def main():
     """Rank pre-trained segmentation models on unlabelled data by prediction consistency."""
@@ -16,6 +31,94 @@ def main():
 def cmake_dir_cmd():
     """Print the folder to pass to CMake as segrank_DIR for find_package(segrank)."""
     click.echo(cmake_dir())
+
+
+@main.command("rank")
+@click.argument("bank", required=False, type=click.Path(exists=True))
+@click.argument("target", required=False, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(), help="Run directory (results are written as they come; a rerun resumes).")
+@click.option("--example", is_flag=True, help="Rank the bundled example bank on the bundled DSB2018 nuclei images.")
+@click.option("--perturbation", "perturbations", multiple=True,
+              help="dropout:P, noise:LO-HI, gamma:LO-HI, brightness:LO-HI or contrast:LO-HI (repeatable). "
+                   "Default: dropout:0.2 at the bottleneck when every model allows it, else noise:0.1-0.2.")
+@click.option("--metric", type=click.Choice(["auto", "nhd", "ei", "rand"]), default="auto", show_default=True,
+              help="auto: rand for instance models, nhd for semantic ones.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Perturbed runs per image.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Score a seeded random subset of N images.")
+@click.option("--axes", default=None, help="Axes of the target when its metadata does not say (e.g. yx, zyx, cyx).")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Foreground threshold on probabilities.")
+@click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
+             threshold, as_json, no_progress):
+    """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
+    from .rank import rank
+    from .report import format_table
+
+    if example:
+        if bank or target:
+            raise click.UsageError("--example takes no BANK or TARGET")
+        from .examples import example_paths
+
+        bank, target = example_paths()
+    elif not (bank and target):
+        raise click.UsageError("give BANK and TARGET, or --example")
+    ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
+                   device=device, max_images=max_images, axes=axes, threshold=threshold, progress=not no_progress)
+    if as_json:
+        click.echo(json.dumps(ranking.to_json(), indent=2))
+    else:
+        click.echo(format_table(ranking.rows))
+        for f in ranking.failures:
+            click.echo(f"failed: {f['model']} ({f['stage']}): {f['error']}", err=True)
+        click.echo(f"\nwritten: {ranking.out}/ranking.json, ranking.csv, per_image.csv, report.html", err=True)
+
+
+@main.command("evaluate")
+@click.argument("bank", type=click.Path(exists=True))
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--labels", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of label images named like the target images.")
+@click.option("--out", required=True, type=click.Path(), help="Writes OUT/performance.json.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--axes", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print performance.json to stdout.")
+def evaluate_cmd(bank, target, labels, out, device, axes, as_json):
+    """True performance of every model of BANK on TARGET against LABELS (F1 or mAP)."""
+    from .evaluate.job import evaluate
+
+    rows = evaluate(bank, target, labels=labels, out=out, device=device, axes=axes)
+    if as_json:
+        click.echo(json.dumps({"models": rows}, indent=2))
+    else:
+        for r in sorted(rows, key=lambda r: -r["score"]):
+            click.echo(f"{r['name']:<30} {r['metric']:>4} {r['score']:.4f}  ({r['n_images']} images)")
+
+
+@main.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--permutations", type=click.IntRange(min=100), default=10000, show_default=True)
+def validate_cmd(files, as_json, permutations):
+    """Agreement of RANKING with PERFORMANCE: validate RANKING PERFORMANCE [RANKING PERFORMANCE ...]."""
+    from .evaluate.job import validate
+
+    if len(files) % 2:
+        raise click.UsageError("give RANKING PERFORMANCE pairs (one pair per target)")
+    result = validate(list(zip(files[::2], files[1::2])), n_permutations=permutations)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for pert, entry in (result.get("by_perturbation") or {result["perturbation"]: result}).items():
+        click.echo(f"perturbation {pert}:")
+        for k in ("kendall", "spearman", "pearson"):
+            v = entry[k]
+            text = "n/a" if v["value"] is None else f"{v['value']:+.3f}"
+            extra = f" (p = {v['p']:.4f})" if v.get("p") is not None else (f" +- {v['std']:.3f}" if v.get("std") is not None else "")
+            click.echo(f"  {k:<9} {text}{extra}")
+        click.echo(f"  regret    {entry['regret']:.4f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

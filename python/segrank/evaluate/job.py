@@ -1,0 +1,138 @@
+"""`segrank evaluate` and `segrank validate`: true performance of a bank, and rank agreement."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, SegrankError
+from .correlation import rank_agreement, summarize
+from .performance import average_precision, foreground_f1
+
+
+def _label_for(image_name: str, labels: Path) -> Path:
+    for ext in (".tif", ".tiff", ".png", ".npy"):
+        candidate = labels / f"{image_name}{ext}"
+        if candidate.exists():
+            return candidate
+    raise InputError(f"{labels}: no label file for image {image_name!r}")
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".png":
+        from skimage.io import imread
+
+        return imread(path)
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | None = None,
+             threshold: float = 0.5, progress: bool = True) -> list[dict]:
+    """True performance of every model of `bank` on `target` against `labels`.
+
+    Semantic models: median over images of the foreground F1 at `threshold`; instance models:
+    median over images of mAP over IoU 0.50:0.05:0.95 (DSB2018). Writes DIR/performance.json
+    ({"models": [{"name", "score", "metric", "n_images"}]}) and DIR/performance_per_image.csv.
+    """
+    from tqdm import tqdm
+
+    from ..inference.predict import predict_image
+    from ..inference.session import create_session
+    from ..io.targets import open_target
+    from ..models import load_bank
+    from ..postprocess import instance_labels
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models, problems = load_bank(bank) if not isinstance(bank, (list, tuple)) else (list(bank), [])
+    for p in problems:
+        print(f"segrank: {p.message}", file=sys.stderr)
+    images = list(open_target(target, axes=axes).images)
+    labels = Path(labels)
+    truth = {im.name: _read_labels(_label_for(im.name, labels)) for im in images}
+    rows, per_image = [], []
+    bar = tqdm(total=len(models) * len(images), desc="evaluate", unit="img", disable=not progress, file=sys.stderr)
+    for model in models:
+        session, _ = create_session(model, device=device)
+        metric = "map" if model.task == "instance" else "f1"
+        scores = []
+        for im in images:
+            prob = predict_image(model, np.asarray(im.data), axes=im.axes, session=session)
+            gt = truth[im.name]
+            if gt.shape != prob.shape[1:]:
+                raise InputError(f"{labels}: labels of {im.name} have shape {gt.shape}, image {prob.shape[1:]}")
+            if metric == "map":
+                score = average_precision(gt, instance_labels(prob, model))
+            else:
+                score = foreground_f1(prob[model.foreground_channel], gt, threshold=threshold)
+            scores.append(score)
+            per_image.append({"model": model.name, "image": im.name, "metric": metric, "score": repr(score)})
+            bar.update(1)
+        rows.append({"name": model.name, "score": float(np.median(scores)), "metric": metric, "n_images": len(scores)})
+    bar.close()
+    (out / "performance.json").write_text(json.dumps({"models": rows, "target": str(target), "labels": str(labels)}, indent=2))
+    with (out / "performance_per_image.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "image", "metric", "score"])
+        writer.writeheader()
+        writer.writerows(per_image)
+    return rows
+
+
+def _load_rows(path: Path, what: str) -> list[dict]:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read {what} ({err})") from None
+    rows = doc.get("models") if isinstance(doc, dict) else doc
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: no 'models' list in {what}")
+    return rows
+
+
+def validate(pairs: list[tuple[Path, Path]], *, n_permutations: int = 10000, seed: int = 0) -> dict:
+    """Agreement of rankings with true performance, per target (one (ranking, performance) pair
+    each) and per perturbation setting; mean and std over targets when there are several.
+
+    Returns a dict with "kendall", "spearman", "pearson" ({"value", "p"}; with several targets
+    {"value": mean, "std", "p": None} and "targets" holding each target's own values), "regret",
+    "perturbation", and "by_perturbation" when the rankings hold several settings.
+    """
+    per_setting: dict[str, dict[str, dict]] = {}
+    for ranking_path, performance_path in pairs:
+        ranking = _load_rows(ranking_path, "ranking")
+        true = {r["name"]: r["score"] for r in _load_rows(performance_path, "performance")}
+        for pert in dict.fromkeys(r.get("perturbation", "") for r in ranking):
+            rows = [r for r in ranking if r.get("perturbation", "") == pert]
+            missing = [r["name"] for r in rows if r["name"] not in true]
+            if missing:
+                raise InputError(f"{performance_path}: no true score for {', '.join(missing)}")
+            result = rank_agreement([r["score"] for r in rows], [true[r["name"]] for r in rows],
+                                    n_permutations=n_permutations, seed=seed)
+            per_setting.setdefault(pert, {})[str(ranking_path)] = result
+    if not per_setting:
+        raise SegrankError("validate: nothing to compare")
+    by_setting = {}
+    for pert, per_target in per_setting.items():
+        if len(per_target) == 1:
+            entry = dict(next(iter(per_target.values())))
+        else:
+            mean = summarize(per_target)
+            entry = {k: {"value": mean[k]["mean"], "std": mean[k]["std"], "p": None} for k in ("kendall", "spearman", "pearson")}
+            entry.update({"regret": mean["regret"], "top1_rate": mean["top1_rate"], "targets": per_target})
+        entry["perturbation"] = pert
+        by_setting[pert] = entry
+    # The first setting at the top level ("kendall", "spearman", "pearson"), all of them below.
+    result = dict(next(iter(by_setting.values())))
+    if len(by_setting) > 1:
+        result["by_perturbation"] = by_setting
+    return result
+
+
+__all__ = ["evaluate", "validate"]
