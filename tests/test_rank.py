@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from segrank.cli import main
 from segrank.rank import rank
 
-from conftest import bottleneck_model, nan_model, smooth_threshold_model, write_sidecar
+from model_factory import bottleneck_model, nan_model, smooth_threshold_model, write_sidecar
 
 
 def _scores(ranking, perturbation=None):
