@@ -12,14 +12,13 @@ import hashlib
 import json
 import math
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .errors import ModelError, PredictionError, SegrankError
+from .errors import PredictionError, SegrankError
 from .models.description import Model
 from .perturb.input import PerturbationSpec, default_perturbation, make_input_perturbation
 from .perturb.seeds import rng
@@ -28,22 +27,6 @@ from .scoring import aggregate, prediction_for_metric, ranking_order, resolve_me
 PER_UNIT_FIELDS = ("model", "perturbation", "unit", "repeat", "score", "status")
 # Settings whose change alters results: a run directory refuses to resume under other values.
 RESULT_SETTINGS = ("perturbations", "metric", "repeats", "seed", "threshold", "units", "block")
-
-
-@dataclass(frozen=True)
-class RankSettings:
-    """Everything that decides a ranking's numbers (plus how it is executed)."""
-
-    perturbations: tuple[str, ...] = ()
-    metric: str = "auto"
-    repeats: int = 1
-    seed: int = 0
-    threshold: float = 0.5
-    max_images: int | None = None
-    device: str = "auto"
-    block: tuple[int, ...] = (64, 256, 256)
-    n_boot: int = 1000
-    units: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -68,6 +51,12 @@ class RunDirectory:
         if path.exists():
             old = json.loads(path.read_text())
             diff = [k for k in RESULT_SETTINGS if old.get(k) != settings.get(k)]
+            changed = [
+                name for name, info in settings.get("models", {}).items()
+                if name in old.get("models", {}) and old["models"][name].get("sha256") != info.get("sha256")
+            ]
+            if changed:
+                diff.append("model files of " + ", ".join(changed))
             if diff:
                 raise SegrankError(
                     f"{self.out}: holds a ranking made with other settings ({', '.join(diff)}); "
@@ -236,6 +225,69 @@ class Ranking:
         }
 
 
+@dataclass(frozen=True)
+class ScoreTask:
+    """The work for one (model, image): everything a worker needs, picklable (no sessions)."""
+
+    model: Model
+    dropout_model: Model | None
+    image: object  # TargetImage: lazy pixels, reopened on the worker
+    units: tuple[Unit, ...]
+    todo: frozenset
+    specs: tuple[PerturbationSpec, ...]
+    metric: str
+    repeats: int
+    seed: int
+    threshold: float
+    device: str
+    threads: int | None
+
+
+def run_score_task(task: ScoreTask) -> dict:
+    """Score one (model, image) in this process; failures come back as data, not exceptions."""
+    from .inference.session import cached_session
+
+    try:
+        session, _ = cached_session(task.model, device=task.device, threads=task.threads)
+        dropout_session = None
+        if task.dropout_model is not None:
+            dropout_session, _ = cached_session(task.dropout_model, device=task.device, threads=task.threads)
+        data = np.asarray(task.image.data)
+        rows = score_image(
+            task.model, task.image.name, data, task.image.axes, list(task.units), list(task.specs),
+            metric=task.metric, repeats=task.repeats, seed=task.seed, threshold=task.threshold,
+            session=session, dropout_model=task.dropout_model, dropout_session=dropout_session, todo=set(task.todo),
+        )
+    except SegrankError as err:
+        return {"failure": {"model": task.model.name, "stage": "predict", "image": task.image.name, "error": str(err)}}
+    return {"rows": rows}
+
+
+def _execute(tasks: list[ScoreTask], *, workers: int | None, scheduler: str | None):
+    """Results of `tasks` as they complete: in this process, or on a dask.distributed cluster
+    (a LocalCluster of `workers` processes, or the scheduler at `scheduler`)."""
+    if not workers and not scheduler:
+        for task in tasks:
+            yield run_score_task(task)
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(run_score_task, t, pure=False) for t in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def rank(
     bank,
     target,
@@ -250,6 +302,8 @@ def rank(
     axes: str | None = None,
     threshold: float = 0.5,
     block: tuple[int, ...] = (64, 256, 256),
+    workers: int | None = None,
+    scheduler: str | None = None,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -275,6 +329,11 @@ def rank(
         Seeds every draw with (seed, model, image, repeat).
     max_images : int, optional
         Score a seeded random subset of this many images.
+    block : tuple of int
+        Scoring units of a volume: blocks of this (z, y, x) shape on a fixed grid.
+    workers, scheduler : optional
+        Run (model, image) tasks on a dask.distributed LocalCluster of `workers` processes, or
+        on an existing scheduler address; default: in this process.
 
     Notes
     -----
@@ -285,7 +344,7 @@ def rank(
     """
     from tqdm import tqdm
 
-    from .inference.session import create_session
+    from .inference.session import create_session, default_threads
     from .io.targets import open_target
     from .models import load_bank
     from .models.greybox import rewrite
@@ -301,8 +360,7 @@ def rank(
         failures += [{"model": p.name, "stage": "load", "error": p.message} for p in problems]
     if not models:
         raise SegrankError(f"{bank}: no usable model in the bank")
-    tgt = open_target(target, axes=axes)
-    images = list(tgt.images)
+    images = list(open_target(target, axes=axes).images)
     if not images:
         raise SegrankError(f"{target}: no image found")
     if max_images is not None and max_images < len(images):
@@ -328,53 +386,48 @@ def rank(
     run.check_settings(settings)
     done = run.done()
     providers: dict[str, str] = {}
+    threads = default_threads(workers) if workers else None
 
-    total = len(models) * len(images)
-    bar = tqdm(total=total, desc="rank", unit="img", disable=not progress, file=sys.stderr)
+    tasks, skipped = [], 0
     for model in models:
-        name = model.name
         try:
-            session, provider = create_session(model, device=device)
-            providers[name] = provider
-            dropout_model = dropout_session = None
-            if any(s.is_dropout for s in specs):
-                try:
-                    dropout_model = model if model.greybox else rewrite(model, tensor="auto")
-                    dropout_session, _ = create_session(dropout_model, device=device)
-                except SegrankError as err:
-                    failures.append({"model": name, "stage": "greybox", "error": str(err)})
+            # Loads the model once here, so that a broken file is reported before any work.
+            _, providers[model.name] = create_session(model, device=device, threads=threads)
         except SegrankError as err:
-            failures.append({"model": name, "stage": "session", "error": str(err)})
-            bar.update(len(images))
+            failures.append({"model": model.name, "stage": "session", "error": str(err)})
             continue
+        dropout_model = None
+        if any(s.is_dropout for s in specs):
+            try:
+                dropout_model = model if model.greybox else rewrite(model, tensor="auto")
+            except SegrankError as err:
+                failures.append({"model": model.name, "stage": "greybox", "error": str(err)})
         for im in images:
-            units = image_units(im.name, im.data.shape, _spatial(im.axes), block)
-            todo = {
+            units = tuple(image_units(im.name, im.data.shape, _spatial(im.axes), block))
+            todo = frozenset(
                 (str(s), r)
                 for s in specs
                 for r in range(repeats)
-                if not all((name, str(s), u.name, r) in done for u in units)
-                and not (s.is_dropout and dropout_model is None)
-            }
+                if not (s.is_dropout and dropout_model is None)
+                and not all((model.name, str(s), u.name, r) in done for u in units)
+            )
             if not todo:
-                bar.update(1)
+                skipped += 1
                 continue
-            try:
-                data = np.asarray(im.data)
-                rows = score_image(
-                    model, im.name, data, im.axes, units, specs,
-                    metric=metrics[name], repeats=repeats, seed=seed, threshold=threshold,
-                    session=session, dropout_model=dropout_model, dropout_session=dropout_session, todo=todo,
-                )
-            except SegrankError as err:
-                failures.append({"model": name, "stage": "predict", "image": im.name, "error": str(err)})
-                print(f"segrank: {err}", file=sys.stderr)
-                bar.update(1)
-                break  # a model that fails is recorded and skipped; the others are still ranked
-            run.append(rows)
-            for row in rows:
+            tasks.append(ScoreTask(model, dropout_model, im, units, todo, tuple(specs), metrics[model.name],
+                                   repeats, seed, threshold, device, threads))
+
+    bar = tqdm(total=len(tasks) + skipped, initial=skipped, desc="rank", unit="img", disable=not progress,
+               file=sys.stderr)
+    for result in _execute(tasks, workers=workers, scheduler=scheduler):
+        if "failure" in result:
+            failures.append(result["failure"])
+            print(f"segrank: {result['failure']['error']}", file=sys.stderr)
+        else:
+            run.append(result["rows"])
+            for row in result["rows"]:
                 done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
-            bar.update(1)
+        bar.update(1)
     bar.close()
 
     rows = _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed)
@@ -394,10 +447,9 @@ def _ranking_rows(models, images, specs, done, metrics, providers, failures, blo
     failed = {f["model"] for f in failures if f["stage"] in ("session", "predict")}
     rows = []
     for spec in specs:
-        names, matrix, unit_names = [], [], None
+        names, matrix = [], []
+        units = [u.name for im in images for u in image_units(im.name, im.data.shape, _spatial(im.axes), block)]
         for model in models:
-            units = [u.name for im in images for u in image_units(im.name, im.data.shape, _spatial(im.axes), block)]
-            unit_names = units
             per_unit = []
             for u in units:
                 vals = [done.get((model.name, str(spec), u, r)) for r in range(_repeats(done, model.name, spec, u))]
@@ -433,7 +485,6 @@ def _ranking_rows(models, images, specs, done, metrics, providers, failures, blo
                     "top_two_separated": (p_sep is not None and p_sep >= 0.95) if rank_pos == 1 else None,
                 }
             )
-        _ = unit_names
     return rows
 
 
@@ -444,5 +495,4 @@ def _repeats(done, model, spec, unit) -> int:
     return r
 
 
-__all__ = ["RankSettings", "Ranking", "rank"]
-_unused = (asdict, time, ModelError)
+__all__ = ["Ranking", "rank"]
