@@ -49,10 +49,13 @@ def cmake_dir_cmd():
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Score a seeded random subset of N images.")
 @click.option("--axes", default=None, help="Axes of the target when its metadata does not say (e.g. yx, zyx, cyx).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Foreground threshold on probabilities.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run on a dask.distributed LocalCluster of N worker processes.")
+@click.option("--scheduler", default=None, help="Run on an existing dask.distributed scheduler (address).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, as_json, no_progress):
+             threshold, workers, scheduler, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
     from .rank import rank
     from .report import format_table
@@ -66,7 +69,8 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
     elif not (bank and target):
         raise click.UsageError("give BANK and TARGET, or --example")
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
-                   device=device, max_images=max_images, axes=axes, threshold=threshold, progress=not no_progress)
+                   device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
+                   scheduler=scheduler, progress=not no_progress)
     if as_json:
         click.echo(json.dumps(ranking.to_json(), indent=2))
     else:
