@@ -1,0 +1,120 @@
+"""Input normalisation with statistics of the whole image or volume, never of a tile.
+
+Statistics come from every pixel of an image up to `MAX_SAMPLES` values per channel; above
+that, from whole chunks of the source picked by the seeded rng (a deterministic subsample that
+reads only a bounded amount of a huge volume). The result is an affine map per channel,
+``x * scale + offset``, applied to each tile, so all tiles of an image agree exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..models.description import Preprocessing
+from ..perturb.seeds import rng
+
+# Values per channel above which statistics come from a subsample of chunks (16 Mi values).
+MAX_SAMPLES = 1 << 24
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel affine normalisation ``x * scale[c] + offset[c]``, in float32."""
+
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Normalise a channel-first array (C, ...) to float32."""
+        shape = (len(self.scale),) + (1,) * (x.ndim - 1)
+        scale = np.asarray(self.scale, dtype=np.float32).reshape(shape)
+        offset = np.asarray(self.offset, dtype=np.float32).reshape(shape)
+        out = x.astype(np.float32, copy=True)
+        out *= scale
+        out += offset
+        return out
+
+
+@dataclass(frozen=True)
+class ImageSample:
+    """Values drawn from an image for its statistics, and a digest of what was read."""
+
+    values: np.ndarray  # (C, n)
+    complete: bool  # every pixel, or a subsample of chunks
+    digest: str  # sha256 of the pixels read, with shape and dtype
+
+
+def sample_image(data, *, max_samples: int = MAX_SAMPLES) -> ImageSample:
+    """Pixels of a channel-first image (C, *spatial) for normalisation statistics.
+
+    Small images are read whole. Larger ones contribute whole chunks (of the dask array, i.e.
+    of the store) chosen without replacement by ``seeds.rng(0, "", "normalization", 0,
+    "chunks")`` until about `max_samples` values per channel are read, so the same volume always
+    gives the same statistics, whatever the tiling or scheduler.
+    """
+    import dask.array as da
+
+    c = data.shape[0]
+    spatial_size = math.prod(data.shape[1:])
+    digest = hashlib.sha256(repr((tuple(data.shape), str(data.dtype))).encode())
+    if spatial_size <= max_samples or not isinstance(data, da.Array):
+        values = np.asarray(data.compute(scheduler="sync") if isinstance(data, da.Array) else data)
+        values = np.ascontiguousarray(values)
+        digest.update(values.tobytes())
+        return ImageSample(values.reshape(c, -1), True, digest.hexdigest())
+    chunk_ids = list(itertools.product(*(range(len(ch)) for ch in data.chunks[1:])))
+    sizes = [math.prod(ch[i] for ch, i in zip(data.chunks[1:], idx)) for idx in chunk_ids]
+    mean_size = sum(sizes) / len(sizes)
+    n_pick = min(len(chunk_ids), max(1, math.ceil(max_samples / mean_size)))
+    pick = np.sort(rng(0, "", "normalization", 0, "chunks").choice(len(chunk_ids), size=n_pick, replace=False))
+    starts = [np.concatenate([[0], np.cumsum(ch)]) for ch in data.chunks[1:]]
+    parts = []
+    for k in pick:
+        idx = chunk_ids[k]
+        region = (slice(None),) + tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, idx))
+        block = np.ascontiguousarray(data[region].compute(scheduler="sync"))
+        digest.update(repr(idx).encode())
+        digest.update(block.tobytes())
+        parts.append(block.reshape(c, -1))
+    return ImageSample(np.concatenate(parts, axis=1), False, digest.hexdigest())
+
+
+def normalization(preprocessing: Preprocessing, sample: ImageSample | np.ndarray) -> Normalization:
+    """The per-channel affine map of `preprocessing` for an image, from its sample.
+
+    Notes
+    -----
+    percentile: scale = 1 / (P_high - P_low + eps), offset = -P_low * scale, with numpy's
+    linear-interpolation percentiles of each channel.
+    zero_mean_unit_variance: scale = 1 / (std + eps), offset = -mean * scale, with the image's
+    mean and (population) std per channel unless the model fixes them.
+    scale_linear: scale = gain, offset = offset. none: identity.
+    """
+    values = sample.values if isinstance(sample, ImageSample) else np.asarray(sample)
+    n_channels = values.shape[0]
+    kind, eps = preprocessing.kind, preprocessing.eps
+    if kind == "none":
+        return Normalization((1.0,) * n_channels, (0.0,) * n_channels)
+    if kind == "scale_linear":
+        return Normalization((float(preprocessing.gain),) * n_channels, (float(preprocessing.offset),) * n_channels)
+    scales, offsets = [], []
+    for ch in values:
+        if kind == "percentile":
+            low, high = np.percentile(ch, [preprocessing.low, preprocessing.high])
+            scale = 1.0 / (float(high) - float(low) + eps)
+            scales.append(scale)
+            offsets.append(-float(low) * scale)
+        else:  # zero_mean_unit_variance
+            mean = preprocessing.mean if preprocessing.mean is not None else float(np.mean(ch, dtype=np.float64))
+            std = preprocessing.std if preprocessing.std is not None else float(np.std(ch, dtype=np.float64))
+            scale = 1.0 / (std + eps)
+            scales.append(scale)
+            offsets.append(-mean * scale)
+    return Normalization(tuple(scales), tuple(offsets))
+
+
+__all__ = ["ImageSample", "MAX_SAMPLES", "Normalization", "normalization", "sample_image"]

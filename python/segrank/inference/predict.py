@@ -1,0 +1,588 @@
+"""Blockwise prediction of images and volumes with ONNX Runtime, in memory or into a Zarr store.
+
+Per block (see `blocks`): read the outer region that lies inside the image, normalise it with
+statistics of the whole image (`normalize`), reflect-pad it to the fixed tile shape, apply the
+optional perturbation (a function of global coordinates, so tiling never changes it), run the
+model, apply its activation and keep the inner region. A 2D model predicts a volume
+slice-wise (slices as its batch), a 3D model natively. `predict_image` returns an array;
+`predict_target` writes every image of a target to a Zarr v3 store, block by block, under a
+content-hash key, so a repeated or interrupted run only computes what is missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, PredictionError
+from ..models.description import Model
+from .blocks import Block, Blocking, choose_blocking
+from .normalize import Normalization, normalization, sample_image
+from .session import CPU, TileRunner, cached_session, default_threads, provider_note
+
+Perturb = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+# Bump when a change alters stored predictions, so that old caches are not reused.
+FORMAT_VERSION = 1
+# Upper bound on dask tasks per run: beyond it, a task predicts several blocks in turn.
+MAX_TASKS = 10_000
+
+
+# --- axes -------------------------------------------------------------------------------
+
+
+def check_axes(model: Model, axes: str, shape: Sequence[int], *, where: str = "image") -> None:
+    """Raise `InputError` (one line naming both axes) when an image cannot feed `model`.
+
+    A 3D model needs a z axis; a 2D model takes 2D images and volumes (slice-wise); the
+    channel count must match the model's input channels.
+    """
+    spatial = "".join(a for a in axes if a in "zyx")
+    sizes = dict(zip(axes, shape))
+    problem = None
+    if model.ndim == 3 and len(spatial) < 3:
+        problem = "the model is 3D and the image has no z axis"
+    elif model.ndim not in (2, 3):
+        problem = f"the model has {model.ndim} spatial axes"
+    elif sizes.get("c", 1) != model.in_channels:
+        problem = f"the image has {sizes.get('c', 1)} channel(s), the model takes {model.in_channels}"
+    if problem:
+        raise InputError(
+            f"{where}: image axes {axes!r} (shape {tuple(shape)}) do not fit model {model.name!r} "
+            f"with axes {model.axes!r}: {problem}; give the image's axes (e.g. --axes zyx)"
+        )
+
+
+def _channel_first(image, axes: str | None, model: Model):
+    """(data as (C, *spatial), spatial axes, name, where) for a TargetImage or an array."""
+    from ..io.targets import TargetImage, canonical_axes
+
+    if isinstance(image, TargetImage):
+        data, axes, name, where = image.data, image.axes, image.name, f"{image.source} [{image.name}]"
+    else:
+        data, name, where = image, "image", "image"
+        if axes is None:
+            if data.ndim == model.ndim:
+                axes = model.spatial_axes
+            elif data.ndim == model.ndim + 1 and data.shape[0] == model.in_channels:
+                axes = "c" + model.spatial_axes
+            elif data.ndim == 3 and model.ndim == 2:
+                axes = "zyx"
+            else:
+                raise InputError(f"image of shape {tuple(data.shape)}: give its axes for model {model.name!r} ({model.axes!r})")
+        canon, drop, order = canonical_axes(axes, data.shape, where)
+        if drop:
+            data = data[tuple(0 if i in drop else slice(None) for i in range(data.ndim))]
+        data = data.transpose(order) if order != tuple(range(len(order))) else data
+        axes = canon
+    check_axes(model, axes, data.shape, where=where)
+    if "c" not in axes:
+        data = data[None]
+    return data, "".join(a for a in axes if a in "zyx"), name, where
+
+
+def _read(data, region: tuple[slice, ...]) -> np.ndarray:
+    part = data[region]
+    if hasattr(part, "compute"):
+        part = part.compute(scheduler="sync")
+    return np.asarray(part)
+
+
+# --- normalisation of the whole image ---------------------------------------------------
+
+
+def image_normalization(model: Model, data) -> tuple[Normalization, str]:
+    """Normalisation of a channel-first image for `model`, and a digest of the pixels used."""
+    sample = sample_image(data)
+    return normalization(model.preprocessing, sample), sample.digest
+
+
+def normalize_image(model: Model, image, *, axes: str | None = None) -> np.ndarray:
+    """The whole image normalised as the model sees it, float32 (C, *spatial)."""
+    data, _, _, _ = _channel_first(image, axes, model)
+    norm, _ = image_normalization(model, data)
+    return norm.apply(_read(data, (slice(None),) * data.ndim))
+
+
+# --- one block ----------------------------------------------------------------------------
+
+
+def _to_model(x: np.ndarray, letters: str, model_axes: str) -> np.ndarray:
+    for a in [a for a in letters if a not in model_axes]:  # e.g. no batch axis: size 1
+        x = x.squeeze(letters.index(a))
+        letters = letters.replace(a, "")
+    return np.ascontiguousarray(np.transpose(x, [letters.index(a) for a in model_axes]), dtype=np.float32)
+
+
+def _from_model(y: np.ndarray, model_axes: str, letters: str) -> np.ndarray:
+    if y.ndim != len(model_axes):
+        raise PredictionError(f"output of {y.ndim} dimensions for axes {model_axes!r}")
+    for a in letters:
+        if a not in model_axes:
+            y = y[None]
+            model_axes = a + model_axes
+    return np.transpose(y, [model_axes.index(a) for a in letters])
+
+
+def activate(y: np.ndarray, activation: str) -> np.ndarray:
+    """Probabilities from raw output (C, ...): sigmoid, softmax over C, or as is."""
+    from scipy.special import expit, softmax
+
+    y = np.asarray(y, dtype=np.float32)
+    if activation == "sigmoid":
+        return expit(y).astype(np.float32, copy=False)
+    if activation == "softmax":
+        return softmax(y, axis=0).astype(np.float32, copy=False)
+    return y
+
+
+def predict_block(
+    model: Model,
+    runner: TileRunner,
+    data,
+    norm: Normalization,
+    block: Block,
+    *,
+    slice_wise: bool,
+    perturb: Perturb | None = None,
+    dropout_mask: np.ndarray | None = None,
+    where: str = "image",
+) -> np.ndarray:
+    """Probabilities (C_out, *inner shape) of one block of a channel-first image."""
+    tile = norm.apply(_read(data, (slice(None),) + block.read))
+    if any(p != (0, 0) for p in block.padding):
+        tile = np.pad(tile, ((0, 0),) + block.padding, mode="reflect")
+    if perturb is not None:
+        shape = tile.shape
+        tile = np.asarray(perturb(tile, block.origin), dtype=np.float32)
+        if tile.shape != shape:
+            raise PredictionError(f"perturbation changed the tile shape {shape} to {tile.shape}")
+    letters = ("cb" if slice_wise else "bc") + model.spatial_axes
+    x = tile if slice_wise else tile[None]  # (C, slices, y, x) or (1, C, *spatial)
+    feed = _to_model(x, letters, model.axes)
+    mask = None
+    if model.dropout_input:
+        batch = x.shape[letters.index("b")]
+        channels = int(model.dropout_channels or 1)
+        mask = np.ones((1, channels) + (1,) * model.ndim, np.float32) if dropout_mask is None else dropout_mask
+        mask = np.asarray(mask, dtype=np.float32)
+        if mask.shape[0] != batch:
+            mask = np.broadcast_to(mask[:1], (batch,) + mask.shape[1:])
+        mask = np.ascontiguousarray(mask)
+    raw = runner(feed, mask)
+    y = _from_model(np.asarray(raw), model.axes, "cb" + model.spatial_axes)  # (C, b, *spatial)
+    y = y if slice_wise else y[:, 0]
+    expected = tile.shape[1:]
+    if tuple(y.shape[1:]) != tuple(expected):
+        raise PredictionError(
+            f"{model.name}: output spatial shape {tuple(y.shape[1:])} differs from the input tile {tuple(expected)} "
+            f"({where}); only same-size outputs are supported"
+        )
+    if y.shape[0] != model.out_channels:
+        raise PredictionError(f"{model.name}: output has {y.shape[0]} channels, the description says {model.out_channels}")
+    probs = activate(y[(slice(None),) + block.inner_in_outer], model.activation)
+    if not np.isfinite(probs).all():
+        raise PredictionError(f"{model.name}: NaN or infinite output in block {block.index} of {where}")
+    return probs
+
+
+def _graph_constraints(model: Model, session) -> tuple[Model, int | None]:
+    """Fixed spatial sizes and batch size read from the ONNX input, when the description lacks them."""
+    shape = None
+    for inp in session.get_inputs():
+        if inp.name == model.input_name:
+            shape = inp.shape
+    if shape is None or len(shape) != len(model.axes):
+        return model, None
+    sizes = dict(zip(model.axes, shape))
+    batch = sizes.get("b") if isinstance(sizes.get("b"), int) and sizes.get("b") > 0 else None
+    fixed = tuple(sizes.get(a) for a in model.spatial_axes)
+    if model.tiling.fixed is None and all(isinstance(s, int) and s > 0 for s in fixed):
+        model = model.with_(tiling=dataclasses.replace(model.tiling, fixed=fixed))
+    return model, batch
+
+
+def _blocking_for(model: Model, session, spatial_shape, tile, halo, batch) -> tuple[Model, Blocking]:
+    model_c, graph_batch = _graph_constraints(model, session)
+    if graph_batch is not None:
+        batch = graph_batch
+    return model_c, choose_blocking(model_c, spatial_shape, tile=tile, halo=halo, batch=batch)
+
+
+# --- in memory ------------------------------------------------------------------------------
+
+
+def predict_image(
+    model: Model,
+    image,
+    *,
+    axes: str | None = None,
+    session=None,
+    device: str = "auto",
+    tile: int | Sequence[int] | None = None,
+    halo: int | Sequence[int] | None = None,
+    batch: int | None = None,
+    perturb: Perturb | None = None,
+    dropout_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predict one image or volume block by block.
+
+    Parameters
+    ----------
+    model : Model
+    image : TargetImage or array
+        An image of a target, or a numpy/dask array whose `axes` are given (or guessed: the
+        model's spatial axes, with a leading "c" when it has the model's channel count).
+    axes : str, optional
+        Axes of an array `image` (ignored for a TargetImage).
+    session : onnxruntime.InferenceSession, optional
+        Reused when given; else this process's cached session on `device`.
+    tile, halo, batch :
+        See `segrank.inference.blocks.choose_blocking`.
+    perturb : callable, optional
+        ``perturb(tile, origin) -> tile`` applied after normalisation to each (C, *tile)
+        input including its halo and padding; `origin` is the global coordinate of the tile's
+        first pixel (negative inside padding).
+    dropout_mask : array, optional
+        Fed to the model's dropout-mask input; all ones when omitted.
+
+    Returns
+    -------
+    ndarray, float32, shape (C_out, *spatial)
+        Probabilities after the model's activation, in the image's geometry.
+    """
+    data, spatial_axes, name, where = _channel_first(image, axes, model)
+    if session is None:
+        session, provider = cached_session(model, device=device)
+    else:
+        provider = session.get_providers()[0]
+    runner = TileRunner(model, session, provider)
+    model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch)
+    norm, _ = image_normalization(model, data)
+    out = np.empty((model.out_channels,) + tuple(data.shape[1:]), dtype=np.float32)
+    slice_wise = len(spatial_axes) > model.ndim
+    for block in blocking:
+        out[(slice(None),) + block.inner] = predict_block(
+            model_c, runner, data, norm, block,
+            slice_wise=slice_wise, perturb=perturb, dropout_mask=dropout_mask, where=where,
+        )
+    return out
+
+
+# --- into a Zarr store, resumable ---------------------------------------------------------------
+
+_FILE_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime)."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_DIGESTS[key] = h.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def prediction_key(
+    model: Model,
+    input_digest: str,
+    norm: Normalization,
+    blocking: Blocking,
+    *,
+    perturb_key: str | None = None,
+    seed: int | None = None,
+    dropout_mask: np.ndarray | None = None,
+) -> str:
+    """Content hash of everything that decides a prediction's values.
+
+    The model file's bytes and its description (activation, preprocessing, ...), the input
+    pixels (all of them for images up to `normalize.MAX_SAMPLES` values per channel, the
+    sampled chunks for larger volumes), the normalisation, tile and halo, the perturbation
+    identity and seed, and the dropout mask. The device is left out on purpose: providers
+    agree to rounding.
+    """
+    description = dataclasses.asdict(model)
+    description.pop("path", None)
+    description.pop("name", None)
+    payload = {
+        "format": FORMAT_VERSION,
+        "model_file": file_sha256(model.path),
+        "model": description,
+        "input": input_digest,
+        "normalization": [list(norm.scale), list(norm.offset)],
+        "tile": list(blocking.tile),
+        "halo": list(blocking.halo),
+        "perturbation": perturb_key,
+        "seed": seed,
+        "dropout_mask": None
+        if dropout_mask is None
+        else hashlib.sha256(np.ascontiguousarray(dropout_mask, dtype=np.float32).tobytes() + repr(np.shape(dropout_mask)).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _ImageJob:
+    """Everything a worker needs to predict blocks of one image (picklable; no session)."""
+
+    model: Model
+    data: object
+    norm: Normalization
+    blocking: Blocking
+    slice_wise: bool
+    store: str
+    array: str
+    device: str
+    threads: int | None
+    perturb: Perturb | None
+    dropout_mask: np.ndarray | None
+    where: str
+
+
+@dataclass(frozen=True)
+class _TaskResult:
+    blocks: int
+    provider: str
+
+
+def _run_blocks(job: _ImageJob, indices: list[tuple[int, ...]]) -> _TaskResult:
+    import zarr
+
+    from ..io.zarr_store import DONE_GROUP, check_aligned
+
+    session, provider = cached_session(job.model, device=job.device, threads=job.threads)
+    runner = TileRunner(job.model, session, provider)
+    arr = zarr.open_array(job.store, path=job.array, mode="r+")
+    done = zarr.open_array(job.store, path=f"{DONE_GROUP}/{job.array}", mode="r+")
+    for index in indices:
+        block = job.blocking.block(index)
+        values = predict_block(
+            job.model, runner, job.data, job.norm, block,
+            slice_wise=job.slice_wise, perturb=job.perturb, dropout_mask=job.dropout_mask, where=job.where,
+        )
+        check_aligned(arr, block.inner, where=f"{job.store}/{job.array}")
+        arr[(slice(None),) + block.inner] = values
+        done[index] = 1  # only after the data is in place
+    return _TaskResult(len(indices), provider)
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    """What `predict_target` did."""
+
+    out: Path
+    provider: str
+    n_blocks: int
+    n_computed: int
+    n_reused: int
+    seconds: float
+    images: tuple[dict, ...]
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["out"] = str(self.out)
+        d["images"] = list(self.images)
+        return d
+
+
+def predict_target(
+    model: Model,
+    target,
+    out,
+    *,
+    tile: int | Sequence[int] | None = None,
+    halo: int | Sequence[int] | None = None,
+    batch: int | None = None,
+    device: str = "auto",
+    perturb: Perturb | None = None,
+    perturb_key: str | None = None,
+    seed: int | None = None,
+    dropout_mask: np.ndarray | None = None,
+    scheduler: str = "threads",
+    workers: int | None = None,
+    progress: bool = True,
+) -> PredictionSummary:
+    """Predict every image of `target` into the Zarr v3 store `out`, resuming finished blocks.
+
+    Parameters
+    ----------
+    model : Model
+    target : Target, TargetImage or path
+        Opened with `segrank.io.targets.open_target` when a path.
+    out : path
+        Zarr v3 group; one float32 array (C, *spatial) per image, chunks = inner blocks.
+    tile, halo, batch :
+        See `segrank.inference.blocks.choose_blocking`.
+    device : {"auto", "cpu", "cuda"}
+    perturb, perturb_key, seed :
+        An optional perturbation (see `predict_image`); `perturb_key` names it (with `seed`)
+        in the cache key and is required with `perturb`.
+    dropout_mask : array, optional
+    scheduler : str
+        "threads" (dask's threaded scheduler, default), "sync", "local" (a LocalCluster of
+        `workers` processes) or a dask.distributed scheduler address.
+    workers : int, optional
+        Threads (threaded scheduler, default 2) or worker processes (LocalCluster, default 2).
+    progress : bool
+        tqdm bar of blocks done / total on stderr.
+
+    Returns
+    -------
+    PredictionSummary
+        Blocks computed and reused, provider, per-image keys.
+
+    Notes
+    -----
+    Each array's key is `prediction_key`; a rerun under the same key skips every block marked
+    finished, a different key (other model, input, settings) replaces the array.
+    """
+    import dask
+    from tqdm import tqdm
+
+    from ..io.targets import Target, TargetImage, open_target
+    from ..io.zarr_store import PredictionStore, array_name
+
+    if perturb is not None and perturb_key is None:
+        raise ValueError("perturb_key is required with perturb: it names the perturbation in the cache key")
+    if isinstance(target, (str, Path)):
+        target = open_target(target)
+    images = list(target.images) if isinstance(target, Target) else [target]
+    if not all(isinstance(im, TargetImage) for im in images):
+        raise TypeError("target must be a path, a Target or a TargetImage")
+    names = [array_name(im.name) for im in images]
+    if len(set(names)) != len(names):
+        raise InputError(f"{getattr(target, 'source', out)}: image names collide in the store: {names}")
+
+    start = time.perf_counter()
+    distributed = scheduler not in ("threads", "sync")
+    n_workers = workers or (1 if scheduler == "sync" else 2)
+    threads = default_threads(n_workers) if scheduler in ("threads", "sync", "local") else None
+    # One session here: it fails loudly for --device cuda before any work is scheduled, tells
+    # the provider, and (threaded scheduler) is the very session the tasks share.
+    session, provider = cached_session(model, device=device, threads=threads)
+    note = provider_note(provider, device)
+    if note and progress:
+        print(note, file=sys.stderr)
+    store = PredictionStore(out)
+
+    jobs: list[tuple[_ImageJob, list[tuple[int, ...]]]] = []
+    infos, n_blocks, n_reused = [], 0, 0
+    for im, name in zip(images, names):
+        data, spatial_axes, _, where = _channel_first(im, None, model)
+        model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch)
+        norm, digest = image_normalization(model, data)
+        key = prediction_key(model, digest, norm, blocking, perturb_key=perturb_key, seed=seed, dropout_mask=dropout_mask)
+        fresh = store.prepare(
+            name,
+            key=key,
+            shape=(model.out_channels,) + tuple(data.shape[1:]),
+            chunks=(model.out_channels,) + blocking.inner,
+            grid=blocking.grid,
+            dimension_names=["c"] + list(spatial_axes),
+            attributes={
+                "model": model.name,
+                "image": im.name,
+                "source": str(im.source),
+                "activation": model.activation,
+                "tile": list(blocking.tile),
+                "halo": list(blocking.halo),
+                "perturbation": perturb_key,
+                "seed": seed,
+            },
+        )
+        done = set() if fresh else store.done_blocks(name)
+        pending = [i for i in blocking.indices() if i not in done]
+        n_blocks += len(blocking)
+        n_reused += len(blocking) - len(pending)
+        infos.append({"image": im.name, "array": name, "key": key, "blocks": len(blocking), "reused": len(blocking) - len(pending)})
+        job = _ImageJob(
+            model_c, data, norm, blocking, len(spatial_axes) > model.ndim, str(store.path), name,
+            device, threads, perturb, dropout_mask, where,
+        )
+        jobs.append((job, pending))
+
+    n_pending = sum(len(p) for _, p in jobs)
+    per_task = max(1, math.ceil(n_pending / MAX_TASKS))
+    tasks = []
+    for job, pending in jobs:
+        if not pending:
+            continue
+        job_node = dask.delayed(job, traverse=False)  # one graph node per image, never unpacked
+        for i in range(0, len(pending), per_task):
+            tasks.append(dask.delayed(_run_blocks, pure=False)(job_node, pending[i : i + per_task]))
+
+    providers = {provider}
+    bar = tqdm(total=n_blocks, initial=n_reused, unit="block", desc=f"predict {model.name}", file=sys.stderr, disable=not progress, smoothing=0.1)
+    try:
+        if not tasks:
+            pass
+        elif distributed:
+            providers = _run_distributed(tasks, scheduler, n_workers, bar)
+        else:
+            from dask.callbacks import Callback
+
+            def posttask(key, result, dsk, state, worker_id):
+                if isinstance(result, _TaskResult):
+                    bar.update(result.blocks)
+
+            with Callback(posttask=posttask):
+                results = dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
+            providers = {r.provider for r in results} or providers
+    finally:
+        bar.close()
+    return PredictionSummary(
+        out=store.path,
+        provider=",".join(sorted(providers)),
+        n_blocks=n_blocks,
+        n_computed=n_pending,
+        n_reused=n_reused,
+        seconds=time.perf_counter() - start,
+        images=tuple(infos),
+    )
+
+
+def _run_distributed(tasks, scheduler: str, workers: int, bar) -> set[str]:
+    from distributed import Client, LocalCluster, as_completed
+
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(scheduler)
+    try:
+        futures = client.compute(tasks)
+        providers = set()
+        for future in as_completed(futures):
+            result = future.result()
+            bar.update(result.blocks)
+            providers.add(result.provider)
+        return providers
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+__all__ = [
+    "PredictionSummary",
+    "activate",
+    "check_axes",
+    "normalize_image",
+    "predict_block",
+    "predict_image",
+    "predict_target",
+    "prediction_key",
+]
+_ = CPU
