@@ -91,6 +91,17 @@ class Model:
     dropout_channels: int | None = None
     dropout_tensor: str | None = None
     assumptions: tuple[str, ...] = ()
+    # Added by the loaders (issue 6); all optional so that hand-made Models stay valid.
+    source: str = "onnx"  # where the description came from: onnx | sidecar | bioimageio
+    sha256: str | None = None  # of the ONNX file at `path`
+    package: Path | None = None  # bioimage.io package folder (extracted when a zip)
+    test_inputs: tuple[Path, ...] = ()  # bioimage.io test tensors (.npy), before preprocessing
+    test_outputs: tuple[Path, ...] = ()  # ... and after the package's postprocessing
+    # Grey-box rewrite at several tensors: one mask input, channel blocks in this order.
+    dropout_tensors: tuple[str, ...] = ()
+    dropout_levels: tuple[int, ...] = ()  # channels per masked tensor; sum == dropout_channels
+    card: dict | None = field(default=None, compare=False, hash=False)  # free-form model card
+    assumed_fields: tuple[str, ...] = ()  # fields whose value was assumed, not declared
 
     def __post_init__(self):
         if self.preprocessing.kind not in PREPROCESSING_KINDS:

@@ -1,0 +1,407 @@
+"""bioimage.io model packages (spec 0.4 and 0.5): folder, zip, or the description file itself.
+
+What is read from the description: the input and output axes and channels, the input's
+preprocessing, the output's postprocessing (sigmoid / softmax become the activation),
+shape constraints and halo, test tensors, and weights. ONNX weights are used directly;
+TorchScript and pytorch_state_dict weights are converted to ONNX (torch needed) into the
+cache. A state dict's architecture is Python code and is run only with ``trust_code=True``.
+Segrank-specific fields (task, output_space, ...) may be declared under ``config: segrank:``
+with the sidecar keys. Nothing is fetched: a URL where a file is needed is refused.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..errors import ModelError
+from .description import Model, Preprocessing, Tiling
+from .onnx_model import load_onnx
+from .sidecar import parse_declared
+from .untrusted import cache_dir, check_sha256, resolve_inside, safe_extract_zip, sha256_file
+
+DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
+WEIGHT_PRIORITY = ("onnx", "torchscript", "pytorch_state_dict")
+
+
+def find_description(folder: Path) -> Path | None:
+    """The description file of a package folder (rdf.yaml, bioimageio.yaml or *.bioimageio.yaml)."""
+    for name in DESCRIPTION_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.bioimageio.yaml"))
+    return found[0] if len(found) == 1 else None
+
+
+def is_package(path: Path) -> bool:
+    """Whether `path` looks like a bioimage.io package (folder, zip or description file)."""
+    path = Path(path)
+    if path.is_dir():
+        return find_description(path) is not None
+    if path.suffix.lower() == ".zip":
+        return True
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except Exception:
+            return False
+        return isinstance(data, dict) and data.get("type") == "model" and "format_version" in data
+    return False
+
+
+def _open(path: Path) -> tuple[Path, Path]:
+    """(package root, description file), extracting a zip into the cache."""
+    path = Path(path)
+    if path.is_dir():
+        rdf = find_description(path)
+        if rdf is None:
+            raise ModelError(f"{path}: no rdf.yaml or bioimageio.yaml in the folder")
+        return path, rdf
+    if path.suffix.lower() == ".zip":
+        if not path.is_file():
+            raise ModelError(f"{path}: no such file")
+        dest = cache_dir() / "packages" / sha256_file(path)[:24]
+        if not dest.is_dir():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            safe_extract_zip(path, dest)
+        rdf = find_description(dest)
+        if rdf is None:  # packages zipped with their folder
+            subs = [p for p in dest.iterdir() if p.is_dir() and not p.is_symlink()]
+            if len(subs) == 1 and find_description(subs[0]) is not None:
+                return subs[0], find_description(subs[0])
+            raise ModelError(f"{path}: the zip holds no rdf.yaml or bioimageio.yaml")
+        return dest, rdf
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file or folder")
+    return path.parent, path
+
+
+def _version(rdf: Path, data: dict) -> tuple[int, int]:
+    text = str(data.get("format_version", ""))
+    try:
+        major, minor = (int(p) for p in text.split(".")[:2])
+    except ValueError:
+        raise ModelError(f"{rdf}: missing or bad format_version {text!r}") from None
+    if (major, minor) not in ((0, 4), (0, 5)):
+        raise ModelError(f"{rdf}: format_version {text} is not supported (0.4.x and 0.5.x are)")
+    return major, minor
+
+
+def _scalar(rdf: Path, step: str, key: str, value, default=None):
+    """A per-channel parameter that must be one number for segrank's normalisation."""
+    if value is None:
+        return default
+    values = np.ravel(np.asarray(value, dtype=np.float64))
+    if values.size == 0:
+        return default
+    if not np.all(values == values[0]):
+        raise ModelError(f"{rdf}: {step} with per-channel {key} {values.tolist()} is not supported (one value for all channels)")
+    return float(values[0])
+
+
+def _preprocessing(rdf: Path, steps: list[dict] | None, notes: list) -> Preprocessing:
+    """The first normalising step as a `Preprocessing`; the rest are noted as ignored."""
+    chosen = None
+    for step in steps or []:
+        op = step.get("id") or step.get("name")
+        kw = step.get("kwargs") or {}
+        if op == "ensure_dtype":
+            continue
+        if chosen is not None:
+            notes.append(("preprocessing", f"preprocessing step {op!r} after {chosen.kind!r} ignored"))
+            continue
+        if op == "scale_range":
+            chosen = Preprocessing(
+                kind="percentile",
+                low=float(kw.get("min_percentile", 0.0)),
+                high=float(kw.get("max_percentile", 100.0)),
+                eps=float(kw.get("eps", 1e-6)),
+            )
+        elif op == "fixed_zero_mean_unit_variance" or (op == "zero_mean_unit_variance" and kw.get("mode") == "fixed"):
+            chosen = Preprocessing(
+                kind="zero_mean_unit_variance",
+                mean=_scalar(rdf, op, "mean", kw.get("mean")),
+                std=_scalar(rdf, op, "std", kw.get("std")),
+                eps=float(kw.get("eps", 1e-6)),
+            )
+        elif op == "zero_mean_unit_variance":
+            if kw.get("mode") == "per_dataset":
+                notes.append(("preprocessing", "zero_mean_unit_variance per_dataset computed per image"))
+            chosen = Preprocessing(kind="zero_mean_unit_variance", eps=float(kw.get("eps", 1e-6)))
+        elif op == "scale_linear":
+            chosen = Preprocessing(
+                kind="scale_linear",
+                gain=_scalar(rdf, op, "gain", kw.get("gain"), 1.0),
+                offset=_scalar(rdf, op, "offset", kw.get("offset"), 0.0),
+            )
+        else:
+            notes.append(("preprocessing", f"preprocessing step {op!r} ignored (not supported)"))
+    return chosen or Preprocessing(kind="none")
+
+
+def _activation(steps: list[dict] | None, data_range, notes: list) -> str | None:
+    activation = None
+    for step in steps or []:
+        op = step.get("id") or step.get("name")
+        if op in ("sigmoid", "softmax") and activation is None:
+            activation = op
+        elif op != "ensure_dtype":
+            notes.append(("activation", f"output postprocessing step {op!r} ignored"))
+    if activation is None and data_range is not None:
+        try:
+            low, high = (float(v) for v in data_range)
+        except (TypeError, ValueError):
+            return None
+        if 0.0 <= low and high <= 1.0:
+            return "none"  # the package declares probabilities
+    return activation
+
+
+class _Tensor:
+    """One input/output tensor, spec-version independent."""
+
+    def __init__(self, ident, axes, sizes, halo, channels, test, test_sha, pre, post, data_range):
+        self.id, self.axes, self.sizes, self.halo = ident, axes, sizes, halo
+        self.channels, self.test, self.test_sha = channels, test, test_sha
+        self.pre, self.post, self.data_range = pre, post, data_range
+
+
+def _tensors_v04(rdf: Path, data: dict) -> tuple[list[_Tensor], list[_Tensor]]:
+    def one(t: dict, index: int, tests: list, inputs: dict) -> _Tensor:
+        axes = str(t.get("axes", ""))
+        shape = t.get("shape")
+        sizes: list = []
+        channels = None
+        if isinstance(shape, list):
+            sizes = [int(s) for s in shape]
+        elif isinstance(shape, dict) and "min" in shape:
+            sizes = [{"min": int(m), "step": int(s)} for m, s in zip(shape["min"], shape["step"])]
+        elif isinstance(shape, dict) and "reference_tensor" in shape:
+            ref = inputs.get(shape["reference_tensor"])
+            scale, offset = shape.get("scale", []), shape.get("offset", [])
+            if ref is not None and "c" in axes and "c" in ref.axes:
+                ci = axes.index("c")
+                if ci < len(scale) and ci < len(offset) and ref.channels is not None:
+                    channels = int(round(ref.channels * float(scale[ci]) + 2 * float(offset[ci])))
+            sizes = [None] * len(axes)
+        if "c" in axes and channels is None and sizes:
+            s = sizes[axes.index("c")]
+            channels = s if isinstance(s, int) else (s["min"] if isinstance(s, dict) and s["step"] == 0 else None)
+        halo_list = t.get("halo") or []
+        halo = {a: int(h) for a, h in zip(axes, halo_list) if a in "zyx"}
+        test = tests[index] if index < len(tests) else None
+        data_range = t.get("data_range")
+        return _Tensor(t.get("name"), axes, sizes, halo, channels, test, None, t.get("preprocessing"), t.get("postprocessing"), data_range)
+
+    ins: dict = {}
+    inputs = []
+    for i, t in enumerate(data.get("inputs") or []):
+        tensor = one(t, i, data.get("test_inputs") or [], ins)
+        ins[tensor.id] = tensor
+        inputs.append(tensor)
+    outputs = [one(t, i, data.get("test_outputs") or [], ins) for i, t in enumerate(data.get("outputs") or [])]
+    return inputs, outputs
+
+
+def _tensors_v05(rdf: Path, data: dict) -> tuple[list[_Tensor], list[_Tensor]]:
+    def one(t: dict) -> _Tensor:
+        letters, sizes, halo, channels = [], [], {}, None
+        for axis in t.get("axes") or []:
+            kind = axis.get("type")
+            if kind == "batch":
+                letters.append("b")
+                sizes.append(axis.get("size"))
+            elif kind == "channel":
+                letters.append("c")
+                channels = len(axis.get("channel_names") or [])
+                sizes.append(channels)
+            elif kind == "space":
+                ident = str(axis.get("id", "x"))
+                if ident not in ("x", "y", "z"):
+                    raise ModelError(f"{rdf}: space axis {ident!r} of tensor {t.get('id')!r} is not x, y or z")
+                letters.append(ident)
+                size = axis.get("size")
+                if isinstance(size, dict) and "min" in size:
+                    size = {"min": int(size["min"]), "step": int(size.get("step", 0))}
+                elif isinstance(size, dict):
+                    size = None  # a reference to another tensor's axis
+                sizes.append(size)
+                if axis.get("halo"):
+                    halo[ident] = int(axis["halo"])
+            else:
+                raise ModelError(f"{rdf}: axis type {kind!r} of tensor {t.get('id')!r} is not supported (batch, channel, space)")
+        test = t.get("test_tensor") or {}
+        data_range = (t.get("data") or {}).get("range") if isinstance(t.get("data"), dict) else None
+        return _Tensor(
+            t.get("id"), "".join(letters), sizes, halo, channels, test.get("source"), test.get("sha256"),
+            t.get("preprocessing"), t.get("postprocessing"), data_range,
+        )
+
+    return [one(t) for t in data.get("inputs") or []], [one(t) for t in data.get("outputs") or []]
+
+
+def _tiling(rdf: Path, tensor: _Tensor, out: _Tensor, notes: list) -> Tiling:
+    spatial = [(a, s) for a, s in zip(tensor.axes, tensor.sizes) if a in "zyx"]
+    if not spatial or any(s is None for _, s in spatial):
+        return None  # nothing declared: inferred from the graph
+    halo = tuple(out.halo.get(a, 0) for a, _ in spatial)
+    mins = [s if isinstance(s, int) else s["min"] for _, s in spatial]
+    steps = [0 if isinstance(s, int) else s["step"] for _, s in spatial]
+    if all(step == 0 for step in steps):
+        return Tiling(fixed=tuple(mins), halo=halo)
+    if any(step == 0 for step in steps) or any(m % step for m, step in zip(mins, steps) if step):
+        notes.append(("tiling", f"tiling: the declared shape (min {mins}, step {steps}) is not a multiple-of rule; using the fixed shape {mins}"))
+        return Tiling(fixed=tuple(mins), halo=halo)
+    return Tiling(minimum=tuple(mins), multiple_of=tuple(steps), halo=halo)
+
+
+def _weights(rdf: Path, root: Path, data: dict, *, trust_code: bool, example_shape, major_minor) -> tuple[Path, Path, list]:
+    """(onnx path, folder its external data lies in, notes) from the first usable weights entry."""
+    weights = data.get("weights") or {}
+    if not isinstance(weights, dict) or not weights:
+        raise ModelError(f"{rdf}: the description lists no weights")
+    present = [k for k in WEIGHT_PRIORITY if k in weights]
+    if not present:
+        raise ModelError(f"{rdf}: no usable weights ({', '.join(weights)}); segrank reads onnx, torchscript, pytorch_state_dict")
+    kind = present[0]
+    entry = weights[kind] or {}
+    source = resolve_inside(root, str(entry.get("source", "")), what=f"weights.{kind}.source")
+    check_sha256(source, entry.get("sha256"))
+    notes: list = []
+    if kind == "onnx":
+        external = entry.get("external_data")
+        if isinstance(external, dict) and external.get("source"):
+            check_sha256(resolve_inside(root, str(external["source"]), what="weights.onnx.external_data"), external.get("sha256"))
+        return source, root, notes
+    from .convert import require_torch, torch_to_onnx
+
+    require_torch(str(rdf))
+    if example_shape is None:
+        raise ModelError(f"{rdf}: cannot convert {kind} weights without a test input or a declared input shape")
+    architecture, kwargs = None, None
+    if kind == "pytorch_state_dict":
+        arch = entry.get("architecture")
+        if not trust_code:
+            raise ModelError(
+                f"{rdf}: pytorch_state_dict weights need the package's Python architecture; pass --trust-code (trust_code=True) to run it"
+            )
+        if isinstance(arch, dict):  # 0.5
+            callable_name = arch.get("callable")
+            if arch.get("source"):
+                file = resolve_inside(root, str(arch["source"]), what="weights.pytorch_state_dict.architecture.source")
+                check_sha256(file, arch.get("sha256"))
+                architecture = f"{file}:{callable_name}"
+            else:
+                architecture = f"{arch.get('import_from')}:{callable_name}"
+            kwargs = arch.get("kwargs") or {}
+        else:  # 0.4: "file.py:Name" or "module.Name"
+            text = str(arch or "")
+            if ".py:" in text:
+                file_name, callable_name = text.rsplit(":", 1)
+                file = resolve_inside(root, file_name, what="weights.pytorch_state_dict.architecture")
+                check_sha256(file, entry.get("architecture_sha256"))
+                architecture = f"{file}:{callable_name}"
+            else:
+                architecture = text
+            kwargs = entry.get("kwargs") or {}
+    key = sha256_file(source)[:16]
+    out = cache_dir() / "converted" / f"{key}-{'x'.join(map(str, example_shape))}.onnx"
+    if not out.is_file():
+        torch_to_onnx(source, out, example_shape=example_shape, architecture=architecture, kwargs=kwargs, base=root)
+    notes.append(("source", f"{kind} weights converted to ONNX ({out})"))
+    return out, out.parent, notes
+
+
+def load_package(path: Path, *, name: str | None = None, trust_code: bool = False) -> Model:
+    """Describe a bioimage.io model package; see the module docstring."""
+    root, rdf = _open(Path(path))
+    try:
+        data = yaml.safe_load(rdf.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{rdf}: not a readable YAML description ({first})") from None
+    if not isinstance(data, dict) or data.get("type") != "model":
+        raise ModelError(f"{rdf}: not a bioimage.io model description (type must be 'model')")
+    version = _version(rdf, data)
+    inputs, outputs = (_tensors_v04 if version == (0, 4) else _tensors_v05)(rdf, data)
+    if len(inputs) != 1:
+        raise ModelError(f"{rdf}: the model has {len(inputs)} inputs; segrank feeds exactly one image input")
+    if not outputs:
+        raise ModelError(f"{rdf}: the model declares no output")
+
+    config = (data.get("config") or {}).get("segrank") if isinstance(data.get("config"), dict) else None
+    declared = parse_declared(config or {}, rdf, base=root)
+    notes: list = []
+    tin = inputs[0]
+    out_index = 0
+    if declared.get("output_name") is None and len(outputs) > 1:
+        notes.append(("output_name", f"uses output {outputs[0].id!r}, the first of {len(outputs)}"))
+        declared["output_name"] = outputs[0].id
+    elif declared.get("output_name") is not None:
+        ids = [t.id for t in outputs]
+        if declared["output_name"] in ids:
+            out_index = ids.index(declared["output_name"])
+    tout = outputs[out_index]
+    if set(tin.axes) - set("bczyx"):
+        raise ModelError(f"{rdf}: input axes {tin.axes!r} are not supported (letters from 'bczyx')")
+    if sorted(tout.axes) != sorted(tin.axes):
+        raise ModelError(f"{rdf}: output axes {tout.axes!r} differ from input axes {tin.axes!r}")
+
+    declared.setdefault("axes", tin.axes)
+    if tin.channels is not None:
+        declared.setdefault("in_channels", int(tin.channels))
+    if tout.channels is not None:
+        declared.setdefault("out_channels", int(tout.channels))
+    if "preprocessing" not in declared:
+        declared["preprocessing"] = _preprocessing(rdf, tin.pre, notes)
+    if "activation" not in declared:
+        activation = _activation(tout.post, tout.data_range, notes)
+        if activation is not None:
+            declared["activation"] = activation
+    if "tiling" not in declared:
+        tiling = _tiling(rdf, tin, tout, notes)
+        if tiling is not None:
+            declared["tiling"] = tiling
+        elif tout.halo:
+            notes.append(("tiling", f"tiling: declared halo {tout.halo} kept, shape rules inferred"))
+
+    tests_in, tests_out = declared.get("test_inputs"), declared.get("test_outputs")
+    if tests_in is None and tin.test:
+        tests_in = (resolve_inside(root, str(tin.test), what="test input"),)
+        check_sha256(tests_in[0], tin.test_sha)
+    if tests_out is None and tout.test:
+        tests_out = (resolve_inside(root, str(tout.test), what="test output"),)
+        check_sha256(tests_out[0], tout.test_sha)
+    declared["test_inputs"], declared["test_outputs"] = tuple(tests_in or ()), tuple(tests_out or ())
+
+    example = None
+    if declared["test_inputs"]:
+        try:
+            example = tuple(np.load(declared["test_inputs"][0], mmap_mode="r", allow_pickle=False).shape)
+        except Exception as err:
+            raise ModelError(f"{declared['test_inputs'][0]}: not a readable .npy test tensor ({err})") from None
+    elif "tiling" in declared:
+        t = declared["tiling"]
+        spatial = iter(t.fixed or t.minimum)
+        example = tuple(1 if a == "b" else declared.get("in_channels", 1) if a == "c" else next(spatial) for a in tin.axes)
+    onnx_path, base, weight_notes = _weights(rdf, root, data, trust_code=trust_code, example_shape=example, major_minor=version)
+    notes += weight_notes
+    if "card" not in declared:
+        declared["card"] = {
+            k: data[k] for k in ("name", "id", "description", "license", "tags", "training_data", "format_version") if k in data
+        }
+    source_note = [n for n in notes if n[0] == "source"]
+    notes = [n for n in notes if n[0] != "source"]
+    model = load_onnx(
+        onnx_path,
+        name=name or declared.pop("name", None) or str(data.get("name") or root.name),
+        declared=declared,
+        source="bioimageio",
+        root=base,
+        package=root,
+        notes=tuple(notes),
+    )
+    if source_note:
+        model = model.with_(card={**(model.card or {}), "converted": source_note[0][1]})
+    return model
