@@ -101,6 +101,43 @@ def evaluate_cmd(bank, target, labels, out, device, axes, as_json):
             click.echo(f"{r['name']:<30} {r['metric']:>4} {r['score']:.4f}  ({r['n_images']} images)")
 
 
+@main.command("predict")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(), help="Zarr v3 store (PRED.zarr); a rerun reuses finished blocks.")
+@click.option("--tile", default=None, help="Tile (outer) shape, e.g. 512 or 512,512; for a 2D model on a volume SLICES,Y,X.")
+@click.option("--halo", default=None, help="Context per side, e.g. 32 or 8,32,32 (default: the model's, else 16).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--axes", default=None, help="Axes of the target when its metadata does not say (e.g. yx, zyx, cyx).")
+@click.option("--key", default=None, help="Dataset inside an HDF5/N5/Zarr container.")
+@click.option("--scheduler", default=None, help="Run on an existing dask.distributed scheduler (address).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Run on a dask.distributed LocalCluster of N worker processes.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def predict_cmd(model, target, out, tile, halo, device, axes, key, scheduler, workers, no_progress):
+    """Write MODEL's predictions (after its activation) for every image of TARGET to a Zarr store."""
+    from .errors import InputError
+    from .inference.predict import predict_target
+    from .io.targets import open_target
+    from .models import load_model
+
+    def ints(text, flag):
+        if text is None:
+            return None
+        try:
+            return tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise InputError(f"{flag} {text!r}: expected integers joined by ',' (e.g. 256,256)") from None
+
+    if scheduler and workers:
+        raise click.UsageError("give --scheduler ADDRESS or --workers N, not both")
+    summary = predict_target(
+        load_model(model), open_target(target, axes=axes, key=key), out,
+        tile=ints(tile, "--tile"), halo=ints(halo, "--halo"), device=device,
+        scheduler=scheduler or ("local" if workers else "threads"), workers=workers, progress=not no_progress,
+    )
+    click.echo(json.dumps(summary.to_json(), indent=2))
+
+
 @main.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -140,7 +140,7 @@ def test_bad_inputs_are_one_line(tmp_path):
     (tmp_path / "broken.tif").write_bytes(b"nope")
     with pytest.raises(InputError, match="broken.tif"):
         open_target(tmp_path / "broken.tif")
-    tifffile.imwrite(tmp_path / "t.tif", _data((2, 6, 6)))
+    tifffile.imwrite(tmp_path / "t.tif", _data((2, 6, 6)), photometric="minisblack")
     with pytest.raises(InputError, match="time axis"):
         open_target(tmp_path / "t.tif", axes="tyx")
     with pytest.raises(InputError, match="unknown axis"):

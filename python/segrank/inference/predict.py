@@ -32,6 +32,11 @@ from .session import CPU, TileRunner, cached_session, default_threads, provider_
 Perturb = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 # Bump when a change alters stored predictions, so that old caches are not reused.
 FORMAT_VERSION = 1
+# Model fields that decide predicted values (the cache key ignores names, cards, paths).
+PREDICTION_FIELDS = (
+    "input_name", "output_name", "axes", "in_channels", "out_channels", "activation",
+    "preprocessing", "dropout_input", "dropout_channels",
+)
 # Upper bound on dask tasks per run: beyond it, a task predicts several blocks in turn.
 MAX_TASKS = 10_000
 
@@ -313,13 +318,11 @@ def prediction_key(
     identity and seed, and the dropout mask. The device is left out on purpose: providers
     agree to rounding.
     """
-    description = dataclasses.asdict(model)
-    description.pop("path", None)
-    description.pop("name", None)
+    description = {f: getattr(model, f) for f in PREDICTION_FIELDS}
     payload = {
         "format": FORMAT_VERSION,
         "model_file": file_sha256(model.path),
-        "model": description,
+        "model": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in description.items()},
         "input": input_digest,
         "normalization": [list(norm.scale), list(norm.offset)],
         "tile": list(blocking.tile),
