@@ -162,5 +162,98 @@ def validate_cmd(files, as_json, permutations):
         click.echo(f"  regret    {entry['regret']:.4f}")
 
 
+@main.command("inspect")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@click.option("--check", is_flag=True, help="Run the package's test inputs and compare with its test outputs (exit 1 on mismatch).")
+@click.option("--trust-code", is_flag=True, help="Allow running a package's Python architecture (pytorch_state_dict weights).")
+def inspect_cmd(model, as_json, check, trust_code):
+    """Describe MODEL (.onnx, sidecar, bioimage.io package) and its dropout candidate tensors."""
+    from .models import load_model
+    from .models.summary import describe, format_text
+
+    loaded = load_model(model, trust_code=trust_code)
+    data = describe(loaded)
+    failed = False
+    if check:
+        from .models.check import check_test_tensors
+
+        results = check_test_tensors(loaded)
+        data["check"] = [{"ok": r.ok, "max_abs_diff": r.max_abs_diff, "message": r.message} for r in results]
+        failed = not all(r.ok for r in results)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(format_text(data))
+        for entry in data.get("check", []):
+            click.echo(f"check        {'ok' if entry['ok'] else 'MISMATCH'}: {entry['message']}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command("greybox")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--tensor", default="auto", show_default=True, help="Tensor to perturb: a name (see `segrank inspect`), names joined by ',', or auto (the bottleneck).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The rewritten .onnx (a sidecar .yaml is written beside it).")
+@click.option("--every-level", is_flag=True, help="Mask every encoder/decoder level (with --tensor auto).")
+@click.option("--trust-code", is_flag=True, help="Allow running a package's Python architecture (pytorch_state_dict weights).")
+def greybox_cmd(model, tensor, out, every_level, trust_code):
+    """Add a channel-mask input to MODEL for grey-box spatial dropout."""
+    from .models import load_model
+    from .models.greybox import rewrite
+
+    loaded = rewrite(load_model(model, trust_code=trust_code), tensor=tensor, out=out, every_level=every_level)
+    shape = ["N", loaded.dropout_channels] + [1] * loaded.ndim
+    click.echo(f"{loaded.path}: mask input {loaded.dropout_input!r} {shape} on {', '.join(loaded.dropout_tensors)} "
+               f"(channels {list(loaded.dropout_levels)}); description in {loaded.path.with_suffix('.yaml')}")
+
+
+@main.command("convert")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx to write.")
+@click.option("--shape", default=None, help="Example input shape B,C,[Z,]Y,X (required for PyTorch files), e.g. 1,1,64,64.")
+@click.option("--architecture", default=None, help="For a state dict: its factory, FILE.py:CALLABLE or MODULE:CALLABLE (runs that code).")
+@click.option("--kwargs", "kwargs_json", default=None, help="Factory keyword arguments as JSON.")
+@click.option("--opset", type=click.IntRange(min=7), default=17, show_default=True)
+@click.option("--trust-code", is_flag=True, help="For a bioimage.io package: allow running its Python architecture.")
+def convert_cmd(source, out, shape, architecture, kwargs_json, opset, trust_code):
+    """Convert SOURCE to ONNX: a TorchScript file, a state dict (with --architecture), or a bioimage.io package.
+
+    PyTorch sources are exported with dynamic batch and spatial axes and verified against torch
+    on a random input; a package is written as OUT plus its sidecar description OUT.yaml.
+    """
+    from pathlib import Path
+
+    from .errors import InputError
+    from .models.bioimageio import is_package
+
+    out_path = Path(out)
+    if is_package(Path(source)):
+        import shutil
+
+        from .models import load_model
+        from .models.sidecar import write_sidecar
+
+        loaded = load_model(source, trust_code=trust_code)
+        shutil.copyfile(loaded.path, out_path)
+        write_sidecar(loaded.with_(path=out_path), out_path.with_suffix(".yaml"))
+        click.echo(f"{out_path}: from {loaded.source} package {source}; description in {out_path.with_suffix('.yaml')}")
+        return
+    from .models.convert import torch_to_onnx
+
+    if not shape:
+        raise InputError(f"{source}: --shape B,C,[Z,]Y,X is needed to export a PyTorch model")
+    try:
+        example = tuple(int(s) for s in shape.split(","))
+    except ValueError:
+        raise InputError(f"--shape {shape!r}: expected integers joined by ',' (e.g. 1,1,64,64)") from None
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else None
+    except json.JSONDecodeError as err:
+        raise InputError(f"--kwargs: not valid JSON ({err})") from None
+    torch_to_onnx(source, out_path, example_shape=example, architecture=architecture, kwargs=kwargs, opset=opset)
+    click.echo(f"{out_path}: exported with dynamic batch and spatial axes, verified against torch")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -276,16 +276,16 @@ def _weights(rdf: Path, root: Path, data: dict, *, trust_code: bool, example_sha
         return source, root, notes
     from .convert import require_torch, torch_to_onnx
 
+    if kind == "pytorch_state_dict" and not trust_code:
+        raise ModelError(
+            f"{rdf}: pytorch_state_dict weights need the package's Python architecture; pass --trust-code (trust_code=True) to run it"
+        )
     require_torch(str(rdf))
     if example_shape is None:
         raise ModelError(f"{rdf}: cannot convert {kind} weights without a test input or a declared input shape")
     architecture, kwargs = None, None
     if kind == "pytorch_state_dict":
         arch = entry.get("architecture")
-        if not trust_code:
-            raise ModelError(
-                f"{rdf}: pytorch_state_dict weights need the package's Python architecture; pass --trust-code (trust_code=True) to run it"
-            )
         if isinstance(arch, dict):  # 0.5
             callable_name = arch.get("callable")
             if arch.get("source"):

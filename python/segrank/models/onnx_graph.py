@@ -124,7 +124,8 @@ def read_onnx(path: Path, *, root: Path | None = None, load_data: bool = False) 
     if opset > runtime:
         raise ModelError(f"{path}: opset {opset} is newer than the installed ONNX Runtime runs ({runtime}); upgrade onnxruntime")
     try:
-        onnx.checker.check_model(proto)
+        # With external data the checker must see the file, to find the data beside it.
+        onnx.checker.check_model(str(path) if external_data_files(proto) else proto)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{path}: fails the ONNX checker ({first})") from None
@@ -278,7 +279,7 @@ def probe_run(
         if name not in present and name in types:
             model.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failing probe is reported by the caller, once
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     # No fusion: every exposed tensor keeps the meaning it has in the source graph.
