@@ -61,7 +61,8 @@ def test_block_vocabulary():
 def test_choose_blocking_follows_model_constraints(tmp_path):
     model = conv_model(tmp_path / "m.onnx", tiling=Tiling(multiple_of=(16, 16), minimum=(32, 32), halo=(8, 8)))
     big = choose_blocking(model, (2000, 3000))
-    assert big.tile == (512, 512) and big.halo == (8, 8)
+    # 2000 = 5 blocks of <= 496 inner -> inner 400; 3000 = 7 blocks -> 429 -> tile 445 -> 448
+    assert big.tile == (416, 448) and big.halo == (8, 8) and big.grid == (5, 7)
     small = choose_blocking(model, (20, 5))
     assert small.tile == (48, 32) and small.grid == (1, 1)  # shrunk to cover the image with its halo
     fixed = choose_blocking(model.with_(tiling=Tiling(fixed=(64, 64), halo=(8, 8))), (20, 5))

@@ -160,8 +160,8 @@ def choose_blocking(
     tile : int or sequence of int, optional
         Outer tile shape over the model's spatial axes (one value = every axis). For a 2D
         model on a volume a leading value may give the slices per run. Must honour the model's
-        constraints. Default: the model's fixed shape, else 512 (2D) / 96 (3D), shrunk to the
-        smallest valid shape that covers a small image with its halo.
+        constraints. Default: the model's fixed shape, else the smallest valid tile that
+        covers the image, with its halo, in as many blocks as tiles of 512 (2D) / 96 (3D) need.
     halo : int or sequence of int, optional
         Context per side. Default: the model's halo, else 16.
     batch : int, optional
@@ -207,11 +207,15 @@ def choose_blocking(
         tile_t = fixed
     else:
         default = DEFAULT_TILE_2D if nd == 2 else DEFAULT_TILE_3D
-        tile_t = tuple(
-            # shrink for small images, grow when the halo leaves too little inner region
-            _smallest_valid(min(max(default, 2 * h + max(2 * h, 16)), s + 2 * h), mn, mu)
-            for s, h, mn, mu in zip(spatial, halo_t, minimum, multiple)
-        )
+        tiles = []
+        for s, h, mn, mu in zip(spatial, halo_t, minimum, multiple):
+            # grow the default when the halo leaves too little inner region
+            largest = max(default, 2 * h + max(2 * h, 16))
+            # as many blocks as the largest tile needs, then the smallest tile for that many:
+            # a 1024 image gets 3 x 358 instead of 3 x 512 (mostly padding) with halo 8
+            n = math.ceil(s / (largest - 2 * h))
+            tiles.append(_smallest_valid(math.ceil(s / n) + 2 * h, mn, mu))
+        tile_t = tuple(tiles)
     for t, h in zip(tile_t, halo_t):
         if t - 2 * h < 1:
             raise InputError(f"tile {tile_t} leaves no inner region with halo {halo_t} (model {model.name!r})")
