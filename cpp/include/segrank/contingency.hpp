@@ -1,0 +1,497 @@
+// Contingency table between two label arrays: n_ij = number of pixels with reference label i
+// and test label j, for every pair that occurs, id 0 (background) included, as exact integer
+// counts. Foreground restrictions and score formulas are applied later, from the table
+// (rand.hpp), so one table serves every convention.
+//
+// The kernel walks both arrays row by row and counts label RUNS, not voxels: a run is a stretch
+// along a row (carried on across rows) where the pair (i, j) stays the same, and each run costs
+// one hash-table update. Tables from blocks, threads or calls merge exactly.
+//
+// Boundary band. With `exclude_boundary`, a pixel x is left out when its reference label differs
+// from that of its forward neighbour x + e_k along any axis k (the next pixel in a row, the next
+// row, the next plane): a one-pixel band on the low side of every transition of the reference
+// labelling, including object/background transitions. The last slice of the array along an
+// axis has no forward neighbour there (the array edge is not a transition).
+//
+// Blocks and the halo. To score a large volume block by block with the same band as the whole,
+// give each block a one-slice halo on its high side along every axis where the volume goes on:
+// views one slice longer than the block along those axes, and `halo[k] = 1`. Halo slices are
+// never counted; they are read only to decide whether the block's last slice is in the band.
+// Blocks tiling the volume, each with this halo, give tables whose merge equals the one-shot
+// table exactly. Without exclusion the halo changes nothing but what is counted.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "detail/common.hpp"
+#include "view.hpp"
+
+namespace segrank {
+
+// A finished table: unique (ref, test) pairs sorted by (ref, test) as unsigned 64-bit numbers,
+// with counts > 0. Ids are 64-bit patterns: unsigned ids as they are, signed ids sign-extended.
+struct contingency_table {
+  std::vector<std::uint64_t> ref, test, count;
+
+  std::size_t size() const { return count.size(); }
+  std::uint64_t total() const {
+    std::uint64_t t = 0;
+    for (auto c : count) t += c;
+    return t;
+  }
+
+  // Exact merge of two sorted tables (sum of counts for shared pairs).
+  contingency_table& merge(const contingency_table& o) {
+    contingency_table out;
+    out.ref.reserve(size() + o.size());
+    out.test.reserve(size() + o.size());
+    out.count.reserve(size() + o.size());
+    std::size_t i = 0, j = 0;
+    while (i < size() || j < o.size()) {
+      bool take_a, take_b;
+      if (i == size()) {
+        take_a = false;
+        take_b = true;
+      } else if (j == o.size()) {
+        take_a = true;
+        take_b = false;
+      } else {
+        const auto ka = std::make_pair(ref[i], test[i]), kb = std::make_pair(o.ref[j], o.test[j]);
+        take_a = !(kb < ka);
+        take_b = !(ka < kb);
+      }
+      out.ref.push_back(take_a ? ref[i] : o.ref[j]);
+      out.test.push_back(take_a ? test[i] : o.test[j]);
+      out.count.push_back((take_a ? count[i] : 0) + (take_b ? o.count[j] : 0));
+      i += take_a;
+      j += take_b;
+    }
+    *this = std::move(out);
+    return *this;
+  }
+  friend contingency_table operator+(contingency_table a, const contingency_table& b) { return a.merge(b); }
+  friend bool operator==(const contingency_table& a, const contingency_table& b) {
+    return a.ref == b.ref && a.test == b.test && a.count == b.count;
+  }
+  friend bool operator!=(const contingency_table& a, const contingency_table& b) { return !(a == b); }
+
+  // Throws unless the invariants hold (sorted, unique, counts > 0, equal lengths).
+  void validate() const {
+    if (ref.size() != test.size() || ref.size() != count.size())
+      throw std::invalid_argument("segrank: contingency table columns differ in length");
+    for (std::size_t k = 0; k < size(); ++k) {
+      if (count[k] == 0) throw std::invalid_argument("segrank: contingency table holds a zero count");
+      if (k && !(std::make_pair(ref[k - 1], test[k - 1]) < std::make_pair(ref[k], test[k])))
+        throw std::invalid_argument("segrank: contingency table pairs are not sorted and unique");
+    }
+  }
+};
+
+struct contingency_options {
+  bool exclude_boundary = false;       // drop the one-pixel band at reference label transitions
+  std::array<int, 3> halo{{0, 0, 0}};  // per view axis: trailing context slices (0 or 1), not counted
+  int threads = 1;
+};
+
+namespace detail {
+
+// Open-addressing (linear probing) counters keyed by the label pair. Count 0 marks an empty
+// slot, so every id, 0 and the dtype maximum included, is a valid key.
+class packed_pair_counter {  // both ids fit in 32 bits: one 64-bit key
+ public:
+  packed_pair_counter() { rehash(1 << 12); }
+  void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+    const std::uint64_t key = (r << 32) | s;
+    std::size_t i = index(key);
+    for (;;) {
+      slot& e = slots_[i];
+      if (e.n == 0) {
+        e.key = key;
+        e.n = n;
+        if (++used_ * 2 > slots_.size()) rehash(slots_.size() * 2);
+        return;
+      }
+      if (e.key == key) {
+        e.n += n;
+        return;
+      }
+      i = (i + 1) & mask_;
+    }
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& e : slots_)
+      if (e.n) f(e.key >> 32, e.key & 0xffffffffu, e.n);
+  }
+  std::size_t size() const { return used_; }
+
+ private:
+  struct slot {
+    std::uint64_t key = 0, n = 0;
+  };
+  std::size_t index(std::uint64_t key) const {
+    return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
+  }
+  void rehash(std::size_t capacity) {
+    std::vector<slot> old;
+    old.swap(slots_);
+    slots_.assign(capacity, slot{});
+    mask_ = capacity - 1;
+    shift_ = 64;
+    for (std::size_t c = capacity; c > 1; c >>= 1) --shift_;
+    used_ = 0;
+    for (const auto& e : old)
+      if (e.n) add(e.key >> 32, e.key & 0xffffffffu, e.n);
+  }
+  std::vector<slot> slots_;
+  std::size_t mask_ = 0, used_ = 0;
+  int shift_ = 64;
+};
+
+class wide_pair_counter {  // 64-bit ids
+ public:
+  wide_pair_counter() { rehash(1 << 12); }
+  void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+    std::size_t i = index(r, s);
+    for (;;) {
+      slot& e = slots_[i];
+      if (e.n == 0) {
+        e.r = r;
+        e.s = s;
+        e.n = n;
+        if (++used_ * 2 > slots_.size()) rehash(slots_.size() * 2);
+        return;
+      }
+      if (e.r == r && e.s == s) {
+        e.n += n;
+        return;
+      }
+      i = (i + 1) & mask_;
+    }
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& e : slots_)
+      if (e.n) f(e.r, e.s, e.n);
+  }
+  std::size_t size() const { return used_; }
+
+ private:
+  struct slot {
+    std::uint64_t r = 0, s = 0, n = 0;
+  };
+  std::size_t index(std::uint64_t r, std::uint64_t s) const {
+    std::uint64_t x = r * 0x9E3779B97F4A7C15ull ^ (s + 0x632BE59BD9B4E019ull);
+    x ^= x >> 31;
+    return static_cast<std::size_t>((x * 0xD6E8FEB86659FD93ull) >> shift_);
+  }
+  void rehash(std::size_t capacity) {
+    std::vector<slot> old;
+    old.swap(slots_);
+    slots_.assign(capacity, slot{});
+    mask_ = capacity - 1;
+    shift_ = 64;
+    for (std::size_t c = capacity; c > 1; c >>= 1) --shift_;
+    used_ = 0;
+    for (const auto& e : old)
+      if (e.n) add(e.r, e.s, e.n);
+  }
+  std::vector<slot> slots_;
+  std::size_t mask_ = 0, used_ = 0;
+  int shift_ = 64;
+};
+
+// The open run: pair (r, s) seen `len` times in a row so far (len 0: no open run).
+struct run_state {
+  std::uint64_t r = 0, s = 0, len = 0;
+  template <class Counter>
+  void flush(Counter& c) {
+    if (len) c.add(r, s, len);
+    len = 0;
+  }
+};
+
+template <class T>
+inline T load_at(const char* p, std::ptrdiff_t i, std::ptrdiff_t stride) {
+  return *reinterpret_cast<const T*>(p + i * stride);
+}
+
+// Portable run counting along one row (any strides).
+template <class R, class S, class Counter>
+void runs_portable(const char* pr, std::ptrdiff_t sr, const char* ps, std::ptrdiff_t ss, std::ptrdiff_t n,
+                   run_state& st, Counter& ctr) {
+  R cr = static_cast<R>(st.r);
+  S cs = static_cast<S>(st.s);
+  std::uint64_t len = st.len;
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const R r = load_at<R>(pr, i, sr);
+    const S s = load_at<S>(ps, i, ss);
+    if (r != cr || s != cs) {
+      if (len) ctr.add(cr, cs, len);
+      cr = r;
+      cs = s;
+      len = 0;
+    }
+    ++len;
+  }
+  st.r = cr;
+  st.s = cs;
+  st.len = len;
+}
+
+#if SEGRANK_X86_DISPATCH
+// 16-bit mask: bit k set when p[k] == v, for 16 consecutive elements.
+SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint8_t* p, std::uint8_t v) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return static_cast<std::uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8(static_cast<char>(v)))));
+}
+SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint16_t* p, std::uint16_t v) {
+  const __m256i c = _mm256_cmpeq_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                                       _mm256_set1_epi16(static_cast<short>(v)));
+  const __m128i packed = _mm_packs_epi16(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  return static_cast<std::uint32_t>(_mm_movemask_epi8(packed));
+}
+SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint32_t* p, std::uint32_t v) {
+  const __m256i b = _mm256_set1_epi32(static_cast<int>(v));
+  const __m256i c0 = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), b);
+  const __m256i c1 = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8)), b);
+  return static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(c0))) |
+         (static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(c1))) << 8);
+}
+SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint64_t* p, std::uint64_t v) {
+  const __m256i b = _mm256_set1_epi64x(static_cast<long long>(v));
+  std::uint32_t m = 0;
+  for (int k = 0; k < 4; ++k) {
+    const __m256i c = _mm256_cmpeq_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 4 * k)), b);
+    m |= static_cast<std::uint32_t>(_mm256_movemask_pd(_mm256_castsi256_pd(c))) << (4 * k);
+  }
+  return m;
+}
+
+// Run counting along a contiguous row: compare 16 elements at a time with the open run's pair
+// and jump to the first mismatch.
+template <class R, class S, class Counter>
+SEGRANK_TARGET_AVX2 void runs_avx2(const R* pr, const S* ps, std::ptrdiff_t n, run_state& st, Counter& ctr) {
+  R cr = static_cast<R>(st.r);
+  S cs = static_cast<S>(st.s);
+  std::uint64_t len = st.len;
+  std::ptrdiff_t i = 0;
+  if (len == 0 && n > 0) {
+    cr = pr[0];
+    cs = ps[0];
+  }
+  while (i + 16 <= n) {
+    const std::uint32_t m = eq16_avx2(pr + i, cr) & eq16_avx2(ps + i, cs);
+    if (m == 0xffffu) {
+      len += 16;
+      i += 16;
+      continue;
+    }
+    const int k = __builtin_ctz(~m);
+    len += static_cast<std::uint64_t>(k);
+    i += k;
+    if (len) ctr.add(cr, cs, len);
+    cr = pr[i];
+    cs = ps[i];
+    len = 0;
+  }
+  st.r = cr;
+  st.s = cs;
+  st.len = len;
+  if (i < n)
+    runs_portable<R, S>(reinterpret_cast<const char*>(pr + i), sizeof(R), reinterpret_cast<const char*>(ps + i),
+                        sizeof(S), n - i, st, ctr);
+}
+#endif
+
+template <class R, class S, class Counter>
+void runs_row(const char* pr, std::ptrdiff_t sr, const char* ps, std::ptrdiff_t ss, std::ptrdiff_t n,
+              run_state& st, Counter& ctr) {
+#if SEGRANK_X86_DISPATCH
+  if (active_simd() == simd_level::avx2 && sr == std::ptrdiff_t(sizeof(R)) && ss == std::ptrdiff_t(sizeof(S))) {
+    runs_avx2<R, S>(reinterpret_cast<const R*>(pr), reinterpret_cast<const S*>(ps), n, st, ctr);
+    return;
+  }
+#endif
+  runs_portable<R, S>(pr, sr, ps, ss, n, st, ctr);
+}
+
+// Run counting along one row with the boundary band left out. `n` pixels are counted,
+// `n_full` exist (the row's halo included); `pr1`, `pr0` are the reference's next row and next
+// plane (nullptr where there is none).
+template <class R, class S, class Counter>
+void runs_banded(const char* pr, std::ptrdiff_t sr, const char* ps, std::ptrdiff_t ss, std::ptrdiff_t n,
+                 std::ptrdiff_t n_full, const char* pr1, const char* pr0, run_state& st, Counter& ctr) {
+  R cr = static_cast<R>(st.r);
+  S cs = static_cast<S>(st.s);
+  std::uint64_t len = st.len;
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const R r = load_at<R>(pr, i, sr);
+    const bool band = (i + 1 < n_full && load_at<R>(pr, i + 1, sr) != r) ||
+                      (pr1 && load_at<R>(pr1, i, sr) != r) || (pr0 && load_at<R>(pr0, i, sr) != r);
+    if (band) {
+      if (len) ctr.add(cr, cs, len);
+      len = 0;
+      continue;
+    }
+    const S s = load_at<S>(ps, i, ss);
+    if (len == 0 || r != cr || s != cs) {
+      if (len) ctr.add(cr, cs, len);
+      cr = r;
+      cs = s;
+      len = 0;
+    }
+    ++len;
+  }
+  st.r = cr;
+  st.s = cs;
+  st.len = len;
+}
+
+template <class T>
+using storage_t = std::make_unsigned_t<T>;
+
+template <class T>
+std::uint64_t canonical_id(std::uint64_t raw) {
+  if (std::is_signed<T>::value)
+    return static_cast<std::uint64_t>(static_cast<std::int64_t>(static_cast<T>(static_cast<storage_t<T>>(raw))));
+  return raw;
+}
+
+template <class T>
+array_view<storage_t<T>> as_storage(const array_view<T>& v) {
+  array_view<storage_t<T>> u;
+  u.data = reinterpret_cast<const storage_t<T>*>(v.data);
+  u.ndim = v.ndim;
+  u.shape = v.shape;
+  u.strides = v.strides;
+  return u;
+}
+
+}  // namespace detail
+
+// Accumulates a contingency table over any number of same-typed view pairs (blocks).
+// R, S: std::uint8_t, uint16_t, uint32_t, uint64_t, int32_t or int64_t (any integer type works).
+template <class R, class S>
+class contingency_accumulator {
+  static_assert(std::is_integral<R>::value && std::is_integral<S>::value, "labels are integers");
+  using UR = detail::storage_t<R>;
+  using US = detail::storage_t<S>;
+  static constexpr bool wide = sizeof(R) > 4 || sizeof(S) > 4;
+  using counter = std::conditional_t<wide, detail::wide_pair_counter, detail::packed_pair_counter>;
+
+ public:
+  void add(const array_view<R>& reference, const array_view<S>& test, const contingency_options& options = {}) {
+    detail::check_same_shape(reference, test);
+    for (int k = 0; k < max_ndim; ++k) {
+      const int h = options.halo[static_cast<std::size_t>(k)];
+      if (h < 0 || h > 1) throw std::invalid_argument("segrank: halo is 0 or 1 slice per axis");
+      if (h && (k >= reference.ndim || reference.shape[k] < 1))
+        throw std::invalid_argument("segrank: halo on an axis the views do not have");
+    }
+    const auto ref = detail::as_storage(reference);
+    const auto tst = detail::as_storage(test);
+    if (options.exclude_boundary)
+      add_banded(ref, tst, options);
+    else
+      add_plain(ref, tst, options);
+  }
+
+  contingency_table table() const {
+    struct entry {
+      std::uint64_t r, s, n;
+    };
+    std::vector<entry> all;
+    all.reserve(counter_.size());
+    counter_.for_each([&](std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+      all.push_back({detail::canonical_id<R>(r), detail::canonical_id<S>(s), n});
+    });
+    std::sort(all.begin(), all.end(), [](const entry& a, const entry& b) { return a.r < b.r || (a.r == b.r && a.s < b.s); });
+    contingency_table t;
+    t.ref.reserve(all.size());
+    t.test.reserve(all.size());
+    t.count.reserve(all.size());
+    for (const auto& e : all) {
+      t.ref.push_back(e.r);
+      t.test.push_back(e.s);
+      t.count.push_back(e.n);
+    }
+    return t;
+  }
+
+  std::size_t pairs() const { return counter_.size(); }
+
+ private:
+  template <class Fn>
+  void run_threads(std::ptrdiff_t total, int requested, Fn&& count_range) {
+    const int threads = useful_threads(requested, total, std::ptrdiff_t(1) << 21);
+    std::vector<counter> extra(static_cast<std::size_t>(threads - 1));
+    parallel_chunks(threads, threads, [&](int, std::ptrdiff_t t, std::ptrdiff_t) {
+      counter& ctr = t == 0 ? counter_ : extra[static_cast<std::size_t>(t - 1)];
+      detail::run_state st;
+      count_range(total * t / threads, total * (t + 1) / threads, st, ctr);
+      st.flush(ctr);
+    });
+    for (const auto& c : extra) c.for_each([&](std::uint64_t r, std::uint64_t s, std::uint64_t n) { counter_.add(r, s, n); });
+  }
+
+  template <class T>
+  static array_view<T> shrink(array_view<T> v, const std::array<int, 3>& halo) {
+    for (int k = 0; k < v.ndim; ++k) v.shape[k] -= halo[static_cast<std::size_t>(k)];
+    return v;
+  }
+
+  void add_plain(const array_view<UR>& ref, const array_view<US>& tst, const contingency_options& o) {
+    const detail::pair_walk w = detail::make_pair_walk(shrink(ref, o.halo), shrink(tst, o.halo), true);
+    const std::ptrdiff_t length = w.row_length(), total = w.rows() * length;
+    run_threads(total, o.threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end, detail::run_state& st, counter& ctr) {
+      for (std::ptrdiff_t pos = begin; pos < end;) {
+        const std::ptrdiff_t r = pos / length, col = pos % length, n = std::min(length - col, end - pos);
+        detail::runs_row<UR, US>(w.row_a(r) + col * w.sa[2], w.sa[2], w.row_b(r) + col * w.sb[2], w.sb[2], n, st,
+                                 ctr);
+        pos += n;
+      }
+    });
+  }
+
+  void add_banded(const array_view<UR>& ref, const array_view<US>& tst, const contingency_options& o) {
+    const detail::pair_walk w = detail::make_pair_walk(ref, tst, false);
+    std::array<std::ptrdiff_t, 3> counted = w.shape;
+    for (int k = 0; k < 3; ++k)
+      if (w.axis[k] >= 0) counted[k] -= o.halo[static_cast<std::size_t>(w.axis[k])];
+    const std::ptrdiff_t length = counted[2], total = counted[0] * counted[1] * length;
+    run_threads(total, o.threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end, detail::run_state& st, counter& ctr) {
+      for (std::ptrdiff_t pos = begin; pos < end;) {
+        const std::ptrdiff_t row = pos / length, col = pos % length, n = std::min(length - col, end - pos);
+        const std::ptrdiff_t i0 = row / counted[1], i1 = row % counted[1];
+        const char* pr = w.a + i0 * w.sa[0] + i1 * w.sa[1];
+        const char* ps = w.b + i0 * w.sb[0] + i1 * w.sb[1];
+        const char* pr1 = i1 + 1 < w.shape[1] ? pr + w.sa[1] : nullptr;
+        const char* pr0 = i0 + 1 < w.shape[0] ? pr + w.sa[0] : nullptr;
+        const std::ptrdiff_t off = col * w.sa[2];
+        detail::runs_banded<UR, US>(pr + off, w.sa[2], ps + col * w.sb[2], w.sb[2], n, w.shape[2] - col,
+                                    pr1 ? pr1 + off : nullptr, pr0 ? pr0 + off : nullptr, st, ctr);
+        pos += n;
+      }
+    });
+  }
+
+  counter counter_;
+};
+
+// One-shot table for one pair of views.
+template <class R, class S>
+contingency_table contingency(const array_view<R>& reference, const array_view<S>& test,
+                              const contingency_options& options = {}) {
+  contingency_accumulator<R, S> acc;
+  acc.add(reference, test, options);
+  return acc.table();
+}
+
+}  // namespace segrank

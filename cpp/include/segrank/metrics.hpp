@@ -1,0 +1,10 @@
+// segrank's consistency-metric kernels: header-only C++17, no Python, no file I/O.
+//   binary.hpp       NHD / consistency / EI counts from probability maps or masks
+//   contingency.hpp  contingency tables between label arrays (runs, blocks, halo, threads)
+//   rand.hpp         adapted Rand, variation of information, IoU pairs from a table
+#pragma once
+
+#include "binary.hpp"
+#include "contingency.hpp"
+#include "rand.hpp"
+#include "view.hpp"
