@@ -76,6 +76,12 @@ class ContingencyTable:
         """All pixels counted (background pairs included)."""
         return int(self.counts.sum(dtype=np.uint64))
 
+    @property
+    def n_foreground(self) -> int:
+        """Pixels where either labelling is foreground (the pixels method.md's scores use)."""
+        background = (self.ref_ids == 0) & (self.test_ids == 0)
+        return int(self.counts[~background].sum(dtype=np.uint64))
+
     def __len__(self) -> int:
         return len(self.counts)
 
