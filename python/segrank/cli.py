@@ -27,6 +27,28 @@ def main():
     """Rank pre-trained segmentation models on unlabelled data by prediction consistency."""
 
 
+@main.command("compare")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--metric", type=click.Choice(["nhd", "ei", "rand", "vi", "all"]), default="all", show_default=True)
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Foreground is p > threshold (float inputs).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object keyed by metric name.")
+def compare_cmd(a, b, metric, threshold, as_json):
+    """Consistency scores between two segmentations or probability maps A and B (tif, png, npy, zarr).
+
+    Float arrays are probabilities; bool and integer arrays are masks or label images (nonzero =
+    foreground). rand and vi need label images. Undefined scores print as n/a (null in JSON).
+    """
+    from .metrics.compare import compare_files
+
+    scores = compare_files(a, b, metric=metric, threshold=threshold)
+    if as_json:
+        click.echo(json.dumps(scores))
+    else:
+        for key, value in scores.items():
+            click.echo(f"{key:<15} {'n/a' if value is None else f'{value:.6f}'}")
+
+
 @main.command("cmake-dir")
 def cmake_dir_cmd():
     """Print the folder to pass to CMake as segrank_DIR for find_package(segrank)."""
