@@ -549,9 +549,9 @@ def export_onnx(net, example, onnx_path: Path) -> str:
     except ImportError:
         torch_to_onnx = None
     if torch_to_onnx is not None:
-        torch_to_onnx(net, onnx_path, example_input=example, input_name="input", output_name="logits",
-                      opset=17)
-        return "segrank.models.convert.torch_to_onnx, opset 17"
+        torch_to_onnx(net, onnx_path, example_shape=tuple(example.shape), input_name="input",
+                      output_name="logits", opset=17)
+        return "segrank.models.convert.torch_to_onnx, opset 17 (verified against torch)"
     torch.onnx.export(net, example, str(onnx_path), opset_version=17, input_names=["input"],
                       output_names=["logits"], dynamo=False,
                       dynamic_axes={"input": {0: "batch", 2: "y", 3: "x"},
