@@ -98,7 +98,9 @@ def build_module(module_or_path, *, architecture=None, kwargs: dict | None = Non
             raise ModelError(f"{path}: no such file")
         if architecture is None:
             try:
-                module = torch.jit.load(str(path), map_location="cpu")
+                with warnings.catch_warnings():  # torch marks TorchScript deprecated; still the format zoos ship
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = torch.jit.load(str(path), map_location="cpu")
             except Exception as err:
                 raise ModelError(
                     f"{path}: not a TorchScript file ({type(err).__name__}); for a state dict give its architecture"

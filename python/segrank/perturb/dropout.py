@@ -15,7 +15,7 @@ import numpy as np
 def dropped_channels(channels: int, p: float) -> int:
     """k = ceil(p C), the number of channels a rate-p dropout zeroes.
 
-    p C is rounded to 9 decimals first, so that binary rounding (0.1 * 30 = 3.0000000000000004)
+    p C is rounded to 9 decimals first, so that binary rounding (0.07 * 100 = 7.000000000000001)
     does not drop one channel too many.
     """
     return int(math.ceil(round(p * channels, 9)))
