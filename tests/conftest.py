@@ -39,5 +39,6 @@ def dropout_bank(tmp_path) -> Path:
     bank = tmp_path / "dbank"
     bank.mkdir()
     write_sidecar(bottleneck_model(bank / "redundant.onnx", weights=np.full(10, 2.0)))
-    write_sidecar(bottleneck_model(bank / "fragile.onnx", weights=np.array([12.0, -8.0] * 5)))
+    # Every pair of dropped channels moves the output by >= 10 logits at full intensity.
+    write_sidecar(bottleneck_model(bank / "fragile.onnx", weights=np.array([8.0] * 8 + [-22.0] * 2)))
     return bank

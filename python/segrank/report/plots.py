@@ -48,7 +48,7 @@ def plot_distributions(per_unit: dict[str, dict[str, list[float]]], order: dict[
     for ax, pert in zip(axes[0], perts):
         names = order[pert][::-1]
         data = [per_unit[pert].get(n, []) or [np.nan] for n in names]
-        ax.boxplot(data, vert=False, widths=0.6, showfliers=True)
+        ax.boxplot(data, orientation="horizontal", widths=0.6, showfliers=True)
         ax.set_yticks(np.arange(1, len(names) + 1), names, fontsize=8)
         ax.set_xlabel("per-image consistency")
         ax.set_title(pert, fontsize=10)
