@@ -215,10 +215,15 @@ def _graph_constraints(model: Model, session) -> tuple[Model, int | None]:
     return model, batch
 
 
-def _blocking_for(model: Model, session, spatial_shape, tile, halo, batch) -> tuple[Model, Blocking]:
+def _blocking_for(model: Model, session, spatial_shape, tile, halo, batch, data=None) -> tuple[Model, Blocking]:
     model_c, graph_batch = _graph_constraints(model, session)
     if graph_batch is not None:
         batch = graph_batch
+    elif batch is None and len(spatial_shape) > model.ndim and hasattr(data, "chunks") and "b" in model.axes:
+        # slice-wise: as many slices per run as a source chunk holds (up to 16), so that each
+        # input chunk is decoded once per column of blocks, not once per batch
+        z_chunk = int(data.chunks[1][0])
+        batch = z_chunk if 1 <= z_chunk <= 16 else None
     return model_c, choose_blocking(model_c, spatial_shape, tile=tile, halo=halo, batch=batch)
 
 
@@ -270,7 +275,7 @@ def predict_image(
     else:
         provider = session.get_providers()[0]
     runner = TileRunner(model, session, provider)
-    model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch)
+    model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch, data)
     norm, _ = image_normalization(model, data)
     out = np.empty((model.out_channels,) + tuple(data.shape[1:]), dtype=np.float32)
     slice_wise = len(spatial_axes) > model.ndim
@@ -415,6 +420,7 @@ def predict_target(
     dropout_mask: np.ndarray | None = None,
     scheduler: str = "threads",
     workers: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
 ) -> PredictionSummary:
     """Predict every image of `target` into the Zarr v3 store `out`, resuming finished blocks.
@@ -438,6 +444,9 @@ def predict_target(
         `workers` processes) or a dask.distributed scheduler address.
     workers : int, optional
         Threads (threaded scheduler, default 2) or worker processes (LocalCluster, default 2).
+    threads : int, optional
+        ONNX Runtime intra-op threads per session (default: the cores divided among the
+        workers; on an existing scheduler, ONNX Runtime's default).
     progress : bool
         tqdm bar of blocks done / total on stderr.
 
@@ -471,7 +480,8 @@ def predict_target(
     start = time.perf_counter()
     distributed = scheduler not in ("threads", "sync")
     n_workers = workers or (1 if scheduler == "sync" else 2)
-    threads = default_threads(n_workers) if scheduler in ("threads", "sync", "local") else None
+    if threads is None and scheduler in ("threads", "sync", "local"):
+        threads = default_threads(n_workers)
     # One session here: it fails loudly for --device cuda before any work is scheduled, tells
     # the provider, and (threaded scheduler) is the very session the tasks share.
     session, provider = cached_session(model, device=device, threads=threads)
@@ -484,7 +494,7 @@ def predict_target(
     infos, n_blocks, n_reused = [], 0, 0
     for im, name in zip(images, names):
         data, spatial_axes, _, where = _channel_first(im, None, model)
-        model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch)
+        model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch, data)
         norm, digest = image_normalization(model, data)
         key = prediction_key(model, digest, norm, blocking, perturb_key=perturb_key, seed=seed, dropout_mask=dropout_mask)
         fresh = store.prepare(
