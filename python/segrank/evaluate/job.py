@@ -105,7 +105,7 @@ def validate(pairs: list[tuple[Path, Path]], *, n_permutations: int = 10000, see
     "perturbation", and "by_perturbation" when the rankings hold several settings.
     """
     per_setting: dict[str, dict[str, dict]] = {}
-    for ranking_path, performance_path in pairs:
+    for index, (ranking_path, performance_path) in enumerate(pairs):
         ranking = _load_rows(ranking_path, "ranking")
         true = {r["name"]: r["score"] for r in _load_rows(performance_path, "performance")}
         for pert in dict.fromkeys(r.get("perturbation", "") for r in ranking):
@@ -115,7 +115,7 @@ def validate(pairs: list[tuple[Path, Path]], *, n_permutations: int = 10000, see
                 raise InputError(f"{performance_path}: no true score for {', '.join(missing)}")
             result = rank_agreement([r["score"] for r in rows], [true[r["name"]] for r in rows],
                                     n_permutations=n_permutations, seed=seed)
-            per_setting.setdefault(pert, {})[str(ranking_path)] = result
+            per_setting.setdefault(pert, {})[f"{index}:{ranking_path}"] = result
     if not per_setting:
         raise SegrankError("validate: nothing to compare")
     by_setting = {}
