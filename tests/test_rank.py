@@ -29,7 +29,7 @@ def test_noise_consistent_model_ranks_first(noise_bank, blob_target, tmp_path):
     assert {"models", "settings", "segrank_version"} <= set(doc)
     for key in ("name", "rank", "score", "ci_low", "ci_high", "p_best", "n_images", "n_scored", "perturbation", "metric", "provider"):
         assert key in doc["models"][0]
-    for name in ("ranking.csv", "per_image.csv", "report.html", "ranking.png", "score_distributions.png"):
+    for name in ("ranking.csv", "per_image.csv", "report.html", "ranking.png", "score_distributions.png", "examples.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0
 
 

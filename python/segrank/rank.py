@@ -435,8 +435,61 @@ def rank(
     ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out)
     from .report import write_outputs
 
-    write_outputs(ranking, report=report)
+    examples = None
+    if report:
+        by_name = {t.model.name: t for t in tasks}
+        examples = example_tiles(rows, models, images, specs[0], seed=seed, device=device,
+                                 dropout_models={n: t.dropout_model for n, t in by_name.items()})
+    write_outputs(ranking, report=report, examples=examples)
     return ranking
+
+
+def example_tiles(rows, models, images, spec, *, seed, device, dropout_models, size=256) -> list[dict]:
+    """(image, unperturbed, perturbed) foreground probabilities of the best and the worst scored
+    model on the first image, for the report: what a person looks at to see why."""
+    from .inference.predict import normalize_image, predict_image
+    from .perturb.dropout import channel_mask
+
+    scored = [r for r in rows if r["perturbation"] == str(spec) and r["score"] is not None]
+    if not scored or not images:
+        return []
+    picks = [("best", scored[0])] + ([("worst", scored[-1])] if len(scored) > 1 else [])
+    image = images[0]
+    data = np.asarray(image.data)
+    out = []
+    for label, row in picks:
+        model = next(m for m in models if m.name == row["name"])
+        try:
+            if spec.is_dropout:
+                model = dropout_models.get(model.name) or model
+                if not model.greybox:
+                    continue
+                mask = channel_mask(model.dropout_channels, spec.low, rng(seed, model.name, image.name, 0, "dropout"),
+                                    ndim=model.ndim)
+                perturbed = predict_image(model, data, axes=image.axes, device=device, dropout_mask=mask)
+            else:
+                center = float(np.mean(normalize_image(model, data, axes=image.axes))) if spec.kind == "contrast" else 0.0
+                perturb = make_input_perturbation(spec, seed=seed, model=model.name, unit=image.name, repeat=0, center=center)
+                perturbed = predict_image(model, data, axes=image.axes, device=device, perturb=perturb)
+            unperturbed = predict_image(model, data, axes=image.axes, device=device)
+        except SegrankError:
+            continue
+        out.append({
+            "label": f"{label}: {row['name']} ({row['score']:.3f}) on {image.name}",
+            "image": _thumbnail(data, image.axes, size),
+            "unperturbed": _thumbnail(unperturbed[model.foreground_channel], _spatial(image.axes), size),
+            "perturbed": _thumbnail(perturbed[model.foreground_channel], _spatial(image.axes), size),
+        })
+    return out
+
+
+def _thumbnail(array: np.ndarray, axes: str, size: int) -> np.ndarray:
+    """A 2D view: first channel, middle z slice, strided down to about `size` pixels."""
+    a = np.asarray(array)
+    for letter in axes[:-2]:
+        a = a[a.shape[0] // 2] if letter == "z" else a[0]
+    step = max(1, max(a.shape) // size)
+    return a[::step, ::step].astype(np.float32)
 
 
 def _spatial(axes: str) -> str:
