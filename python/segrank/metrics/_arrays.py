@@ -29,7 +29,7 @@ def as_kernel_array(x, name: str) -> np.ndarray:
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
     if not a.flags.aligned:
-        a = np.ascontiguousarray(a)
+        a = a.copy()  # a fresh allocation is aligned
     return a
 
 
