@@ -61,12 +61,17 @@ def plot_distributions(per_unit: dict[str, dict[str, list[float]]], order: dict[
 def plot_examples(examples: list[dict], path: Path) -> None:
     """Rows of (image, unperturbed, perturbed prediction) tiles, e.g. for the best and worst model."""
     plt = _pyplot()
-    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
+    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3.2 * len(examples)), squeeze=False)
     for row, ex in zip(axes, examples):
-        for ax, key, title in zip(row, ("image", "unperturbed", "perturbed"), ("image", "unperturbed", "perturbed")):
-            ax.imshow(ex[key], cmap="gray" if key == "image" else "magma", interpolation="nearest")
-            ax.set_title(f"{ex['label']}: {title}" if key == "image" else title, fontsize=9)
-            ax.axis("off")
+        for ax, key in zip(row, ("image", "unperturbed", "perturbed")):
+            if key == "image":
+                ax.imshow(ex[key], cmap="gray", interpolation="nearest")
+            else:  # probabilities on one fixed scale, so the two runs compare by eye
+                ax.imshow(ex[key], cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(key, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(ex["label"].replace(" on ", "\non "), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
