@@ -220,3 +220,22 @@ def test_cache_is_keyed_by_file_and_tensors(private_cache, unet2d):
     assert a.path == b.path and a.path.is_relative_to(private_cache)
     c = rewrite(model, tensor="enc1")
     assert c.path != a.path and c.path.parent == a.path.parent
+
+
+def test_float16_graph_gets_a_float32_mask_cast_to_its_type(tmp_path):
+    proto = unet(None)
+    for t in proto.graph.initializer:
+        if not t.name.startswith("scales"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.save(proto, tmp_path / "half.onnx")
+    grey = rewrite(load_model(tmp_path / "half.onnx"))
+    assert any(n.op_type == "Cast" for n in onnx.load(grey.path).graph.node)
+    x = _x((1, 1, 32, 32)).astype(np.float16)
+    mask = channel_mask(16, 0.5, rng(0, "half", "x", 0, "dropout"))
+    ones = np.ones_like(mask)
+    y = run(tmp_path / "half.onnx", {"input": x})[0]
+    np.testing.assert_array_equal(run(grey.path, {"input": x, grey.dropout_input: ones})[0], y)
+    masked = run(expose(onnx.load(grey.path), ["bottleneck"], TensorProto.FLOAT16), {"input": x, grey.dropout_input: mask}, ["bottleneck"])[0]
+    assert masked.dtype == np.float16 and np.all(masked[:, mask[0, :, 0, 0] == 0] == 0)

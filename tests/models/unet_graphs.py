@@ -95,12 +95,12 @@ def unet(
     return model
 
 
-def expose(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+def expose(proto: onnx.ModelProto, names: list[str], elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
     """A copy with the named intermediate tensors added as graph outputs."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     for name in names:
-        out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        out.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
     return out
 
 
