@@ -37,6 +37,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "inference"))
 
+# Same-padded conv nets: "light" ~10 kFLOP per pixel, "heavy" ~110 kFLOP per pixel (the order
+# of a small 2D U-Net); the share of I/O in the wall time shrinks as the model grows.
+MODELS = {"light": {"hidden": 16, "layers": 4, "halo": 8}, "heavy": {"hidden": 32, "layers": 8, "halo": 16}}
+
 PRESETS = {
     # seconds; checks that the script runs
     "smoke": {"image": (512, 512), "volume": (4, 256, 256), "memory_mib": (4, 8)},
@@ -74,7 +78,7 @@ def _write_volume(path: Path, shape, chunks, seed: int = 0) -> Path:
     return path
 
 
-def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, sink) -> list[dict]:
+def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, sink, model_kind: str = "light") -> list[dict]:
     from segrank.inference.blocks import choose_blocking  # noqa: F401  (documented vocabulary)
     from segrank.inference.predict import (
         _blocking_for, _channel_first, _read, _to_model, image_normalization, predict_target,
@@ -82,7 +86,7 @@ def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, s
     from segrank.inference.session import cached_session
     from segrank.io.targets import open_target
 
-    model = _model(workdir, hidden=16, layers=4, halo=8)
+    model = _model(workdir, **MODELS[model_kind])
     rows = []
     for label, shape, chunks in (("image", preset["image"], (512, 512)), ("volume", preset["volume"], (16, 256, 256))):
         src = _write_volume(workdir / f"{label}.zarr", shape, chunks)
@@ -126,7 +130,8 @@ def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, s
         row = {
             "part": "overhead", "target": label, "shape": list(shape), "tile": list(blocking.tile),
             "halo": list(blocking.halo), "blocks": len(blocking), "provider": provider, "model": model.name,
-            "ort_threads": threads,
+            "ort_threads": threads, "model_kind": model_kind,
+            "kflop_per_px": round(_flops_per_pixel(**MODELS[model_kind]) / 1e3, 1),
             "plain_run_s": round(plain, 3),
             "blockwise_sync_s": round(results["sync"], 3),
             "blockwise_threads_s": round(results["threads"], 3),
@@ -139,6 +144,11 @@ def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, s
         sink(row)
         shutil.rmtree(src)
     return rows
+
+
+def _flops_per_pixel(hidden: int, layers: int, halo: int) -> float:
+    channels = [1] + [hidden] * (layers - 1) + [1]
+    return sum(2 * 9 * a * b for a, b in zip(channels[:-1], channels[1:]))
 
 
 def _memory_child(args) -> None:
@@ -187,7 +197,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda; a list (cpu,cuda) repeats the overhead part")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime thread budget in the overhead part (default: all cores)")
     parser.add_argument("--workers", type=int, default=2, help="dask threads in the memory runs")
-    parser.add_argument("--parts", default="overhead,memory")
+    parser.add_argument("--parts", default="overhead,memory", help="in this order, e.g. memory,overhead")
+    parser.add_argument("--models", default="light", help="overhead models: light, heavy or both (light,heavy)")
     parser.add_argument("--out", default=str(HERE / "results" / "inference.json"))
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--child-volume", help=argparse.SUPPRESS)
@@ -214,27 +225,32 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
 
     try:
-        if "overhead" in parts:
-            for device in devices:
-                overhead(preset, device=device, threads=args.threads, workdir=workdir, sink=sink)
-        if "memory" in parts:
-            mem = memory(preset, device=devices[0], workers=args.workers, workdir=workdir, sink=sink)
-            peaks = [r["peak_rss_mb"] for r in mem]
-            vox = np.array([math.prod(r["shape"]) for r in mem], float)
-            secs = np.array([r["seconds"] for r in mem])
-            slope, intercept = np.polyfit(vox, secs, 1)
-            result["memory_growth"] = round(peaks[-1] / peaks[0], 3)  # 1.0 = flat
-            # time = intercept + voxels / marginal rate; linear when the fit leaves little residual
-            result["time_fit"] = {
-                "intercept_s": round(float(intercept), 2),
-                "marginal_mvox_s": round(1 / float(slope) / 1e6, 3),
-                "max_residual_s": round(float(np.abs(secs - (intercept + slope * vox)).max()), 2),
-            }
-            print(f"peak RSS {peaks} MB (largest/smallest {result['memory_growth']}); time fit {result['time_fit']}")
-            out.write_text(json.dumps(result, indent=2) + "\n")
+        for part in parts:
+            if part == "overhead":
+                for kind in args.models.split(","):
+                    for device in devices:
+                        overhead(preset, device=device, threads=args.threads, workdir=workdir, sink=sink, model_kind=kind)
+            elif part == "memory":
+                memory_summary(memory(preset, device=devices[0], workers=args.workers, workdir=workdir, sink=sink), result)
+                out.write_text(json.dumps(result, indent=2) + "\n")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def memory_summary(mem: list[dict], result: dict) -> None:
+    peaks = [r["peak_rss_mb"] for r in mem]
+    vox = np.array([math.prod(r["shape"]) for r in mem], float)
+    secs = np.array([r["seconds"] for r in mem])
+    slope, intercept = np.polyfit(vox, secs, 1)
+    result["memory_growth"] = round(peaks[-1] / peaks[0], 3)  # 1.0 = flat
+    # time = intercept + voxels / marginal rate; linear when the fit leaves little residual
+    result["time_fit"] = {
+        "intercept_s": round(float(intercept), 2),
+        "marginal_mvox_s": round(1 / float(slope) / 1e6, 3),
+        "max_residual_s": round(float(np.abs(secs - (intercept + slope * vox)).max()), 2),
+    }
+    print(f"peak RSS {peaks} MB (largest/smallest {result['memory_growth']}); time fit {result['time_fit']}")
 
 
 def _cpu_name() -> str:

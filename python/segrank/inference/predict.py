@@ -141,9 +141,9 @@ def activate(y: np.ndarray, activation: str) -> np.ndarray:
     """Probabilities from raw output (C, ...): sigmoid, softmax over C, or as is."""
     from scipy.special import expit, softmax
 
-    y = np.asarray(y, dtype=np.float32)
+    y = np.array(y, dtype=np.float32)  # a copy: a crop of the output becomes contiguous
     if activation == "sigmoid":
-        return expit(y).astype(np.float32, copy=False)
+        return expit(y, out=y)
     if activation == "softmax":
         return softmax(y, axis=0).astype(np.float32, copy=False)
     return y
@@ -443,7 +443,8 @@ def predict_target(
         "threads" (dask's threaded scheduler, default), "sync", "local" (a LocalCluster of
         `workers` processes) or a dask.distributed scheduler address.
     workers : int, optional
-        Threads (threaded scheduler, default 2) or worker processes (LocalCluster, default 2).
+        Threads (threaded scheduler, default: the cores, at most 4) or worker processes
+        (LocalCluster, likewise).
     threads : int, optional
         ONNX Runtime intra-op threads per session (default: the cores divided among the
         workers; on an existing scheduler, ONNX Runtime's default).
@@ -479,7 +480,7 @@ def predict_target(
 
     start = time.perf_counter()
     distributed = scheduler not in ("threads", "sync")
-    n_workers = workers or (1 if scheduler == "sync" else 2)
+    n_workers = workers or (1 if scheduler == "sync" else min(4, default_threads(1)))
     if threads is None and scheduler in ("threads", "sync", "local"):
         threads = default_threads(n_workers)
     # One session here: it fails loudly for --device cuda before any work is scheduled, tells

@@ -31,6 +31,9 @@ def _options(threads: int | None):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: failed CUDA probes are reported by us, once
+    # no CPU arena: it keeps the high-water mark of every concurrent run for good, so peak
+    # memory would grow with the number of dask threads (benchmarks/inference.py)
+    opts.enable_cpu_mem_arena = False
     if threads is not None:
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1
