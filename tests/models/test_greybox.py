@@ -239,3 +239,15 @@ def test_float16_graph_gets_a_float32_mask_cast_to_its_type(tmp_path):
     np.testing.assert_array_equal(run(grey.path, {"input": x, grey.dropout_input: ones})[0], y)
     masked = run(expose(onnx.load(grey.path), ["bottleneck"], TensorProto.FLOAT16), {"input": x, grey.dropout_input: mask}, ["bottleneck"])[0]
     assert masked.dtype == np.float16 and np.all(masked[:, mask[0, :, 0, 0] == 0] == 0)
+
+
+def test_squeeze_excitation_gates_are_not_the_bottleneck(tmp_path):
+    path = tmp_path / "se.onnx"
+    unet(path, se=True)
+    model = load_model(path)
+    assert model.tiling.multiple_of == (4, 4)  # the 1x1 gates are no evidence of downsampling
+    analysis = analyse(model)
+    assert analysis.bottleneck == "bottleneck"
+    names = {c.name for c in analysis.candidates}
+    assert "enc1_se" in names and not names & {"se0_pool", "se1_fc", "se1_gate"}
+    assert analysis.levels == ("enc0_se", "enc1_se", "bottleneck", "dec1")

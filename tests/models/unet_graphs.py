@@ -22,12 +22,15 @@ def unet(
     size: int = 32,
     opset: int = 17,
     seed: int = 0,
+    se: bool = False,
 ) -> onnx.ModelProto:
     """A U-Net: per level Conv-Relu (skip "enc{l}"), MaxPool; bottleneck Conv-Relu "bottleneck";
     per level up (Resize x2 or ConvTranspose k2 s2) -> Concat skip -> Conv-Relu "dec{l}";
     1x1 Conv "logits"; optional final Sigmoid/Softmax "probs". Output name "output".
 
-    Channels double each level (base, 2 base, ...). Saved to `path` when given.
+    Channels double each level (base, 2 base, ...). With `se`, each encoder level gets a
+    squeeze-and-excitation gate (GlobalAveragePool -> 1x1 Conv -> Sigmoid -> Mul) whose 1x1
+    tensors are coarser than the bottleneck. Saved to `path` when given.
     """
     gen = np.random.default_rng(seed)
     inits: list = []
@@ -52,6 +55,13 @@ def unet(
     for level in range(depth):
         cout = base * 2**level
         x = conv_relu(x, c, cout, f"enc{level}")
+        if se:
+            nodes.append(helper.make_node("GlobalAveragePool", [x], [f"se{level}_pool"]))
+            w = weight(f"se{level}_w", [cout, cout] + [1] * ndim)
+            nodes.append(helper.make_node("Conv", [f"se{level}_pool", w], [f"se{level}_fc"], kernel_shape=[1] * ndim))
+            nodes.append(helper.make_node("Sigmoid", [f"se{level}_fc"], [f"se{level}_gate"]))
+            nodes.append(helper.make_node("Mul", [x, f"se{level}_gate"], [f"enc{level}_se"]))
+            x = f"enc{level}_se"
         skips.append((x, cout))
         nodes.append(helper.make_node("MaxPool", [x], [f"pool{level}"], kernel_shape=[2] * ndim, strides=[2] * ndim))
         x, c = f"pool{level}", cout

@@ -34,6 +34,7 @@ from .onnx_graph import (
     FLOAT_TYPES,
     consumers,
     default_opset,
+    globally_pooled,
     graph_inputs,
     producers,
     read_onnx,
@@ -140,11 +141,12 @@ def analyse(model: Model) -> Analysis:
         if j is not None:
             stack.extend(n for n in graph.node[j].input if n)
 
+    pooled = globally_pooled(graph, infos, len(shape))
     candidates = []
     for i, node in enumerate(graph.node):
         for out in node.output:
             info = infos.get(out)
-            if not out or info is None or info.shape is None or len(info.shape) != len(shape):
+            if not out or info is None or info.shape is None or len(info.shape) != len(shape) or out in pooled:
                 continue
             if info.elem_type not in FLOAT_TYPES:
                 continue

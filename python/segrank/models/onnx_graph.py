@@ -333,6 +333,30 @@ def tensor_shapes(
     return infos, True
 
 
+GLOBAL_POOLING_OPS = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2")
+
+
+def globally_pooled(graph: onnx.GraphProto, infos: dict[str, "TensorInfo"], rank: int) -> set[str]:
+    """Tensors computed only from a global pooling (e.g. squeeze-and-excitation gates).
+
+    Their spatial size 1 says nothing about the network's resolution, so they are neither a
+    bottleneck nor evidence of downsampling.
+    """
+    inits = {t.name for t in graph.initializer}
+    pooled: set[str] = set()
+    for node in graph.node:
+        if node.op_type in GLOBAL_POOLING_OPS:
+            pooled.update(o for o in node.output if o)
+            continue
+        feature_inputs = [
+            i for i in node.input
+            if i and i not in inits and (infos.get(i) is None or infos[i].rank in (None, rank))
+        ]
+        if feature_inputs and all(i in pooled for i in feature_inputs):
+            pooled.update(o for o in node.output if o)
+    return pooled
+
+
 def initializer_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     for t in graph.initializer:
         if t.name == name and t.data_location != TensorProto.EXTERNAL:

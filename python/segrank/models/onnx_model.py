@@ -23,6 +23,7 @@ from .description import Model, Postprocessing, Preprocessing, Tiling
 from .onnx_graph import (
     FLOAT_TYPES,
     final_activation,
+    globally_pooled,
     graph_inputs,
     read_onnx,
     tensor_shapes,
@@ -64,13 +65,14 @@ def _metadata(proto: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def _factor(infos, shape: tuple[int, ...], axes: str) -> tuple[int, ...] | None:
-    """Total downsampling per spatial axis: input size / smallest size of any same-rank tensor."""
+def _factor(infos, shape: tuple[int, ...], axes: str, pooled: set[str] = frozenset()) -> tuple[int, ...] | None:
+    """Total downsampling per spatial axis: input size / smallest size of any same-rank tensor
+    (global-pooling gates excluded)."""
     spatial = [i for i, a in enumerate(axes) if a in "zyx"]
     best = [1] * len(spatial)
     seen = False
     for info in infos.values():
-        if info.shape is None or len(info.shape) != len(shape) or info.elem_type not in FLOAT_TYPES:
+        if info.name in pooled or info.shape is None or len(info.shape) != len(shape) or info.elem_type not in FLOAT_TYPES:
             continue
         seen = True
         for k, i in enumerate(spatial):
@@ -200,12 +202,12 @@ def load_onnx(
                 assume("out_channels", "1 output channel (could not infer it)")
         if tiling is None:
             if fixed is not None:
-                factor = _factor(infos, shape, axes) if infos else None
+                factor = _factor(infos, shape, axes, globally_pooled(proto.graph, infos, len(dims))) if infos else None
                 halo = tuple(min(max(16, f), s // 4) for f, s in zip(factor or (16,) * len(fixed), fixed))
                 tiling = Tiling(fixed=fixed, halo=halo)
                 assume("tiling", f"tiling: fixed spatial shape {fixed} from the graph input, halo {list(halo)}")
             else:
-                factor = _factor(infos, shape, axes) if infos else None
+                factor = _factor(infos, shape, axes, globally_pooled(proto.graph, infos, len(dims))) if infos else None
                 if factor is None:
                     factor = (16,) * len(spatial_idx)
                     assume("tiling", "tiling: multiple of 16 (could not infer the downsampling factor)")
