@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from unet_graphs import expose, run, unet
+from unet_graphs import expose, make_model, run, unet
 
 from segrank.errors import ModelError
 from segrank.models import load_model
@@ -78,7 +78,7 @@ def _conv_only(path, stride=1):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "y2", "x2"])
     w = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[stride, stride])
-    proto = helper.make_model(helper.make_graph([node], "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    proto = make_model(helper.make_graph([node], "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(proto, path)
     return path
 

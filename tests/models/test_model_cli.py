@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from packages import onnx_package
-from unet_graphs import run, unet
+from unet_graphs import make_model, run, unet
 
 from segrank.cli import main
 from segrank.models import load_model
@@ -37,7 +37,7 @@ def test_inspect_model_without_bottleneck_still_describes_it(tmp_path):
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "y", "x"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "y", "x"])
-    save(helper.make_model(helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "g", [x], [y]),
+    save(make_model(helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "g", [x], [y]),
                            opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "flat.onnx")
     result = _invoke("inspect", tmp_path / "flat.onnx", "--json")
     data = json.loads(result.stdout)

@@ -8,11 +8,11 @@ import onnx
 import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
-from unet_graphs import unet
+from unet_graphs import make_model, unet
 
 from segrank.errors import ModelError
 from segrank.models import ModelAssumptionWarning, load_model
-from segrank.models.onnx_graph import runtime_max_opset
+from segrank.models.onnx_graph import runtime_max_ir_version, runtime_max_opset
 from segrank.models.sidecar import write_sidecar
 from segrank.models.untrusted import sha256_file
 
@@ -151,6 +151,11 @@ def test_opsets(tmp_path):
     newest = onnx.defs.onnx_opset_version()
     with pytest.raises(ModelError, match=f"opset {newest + 1} is newer than the installed onnx"):
         load_model(_identity_model(tmp_path / "future.onnx", newest + 1))
+    too_new = onnx.load(tmp_path / "ok.onnx")
+    too_new.ir_version = runtime_max_ir_version() + 1
+    onnx.save(too_new, tmp_path / "ir.onnx")
+    with pytest.raises(ModelError, match=f"IR version {too_new.ir_version} is newer than the installed"):
+        load_model(tmp_path / "ir.onnx")
     runtime = runtime_max_opset()
     if runtime < newest:  # this onnx knows opsets the installed runtime cannot run
         with pytest.raises(ModelError, match="newer than the installed ONNX Runtime"):
@@ -162,13 +167,13 @@ def test_multi_input_and_multi_output(tmp_path):
     b = helper.make_tensor_value_info("hint", TensorProto.FLOAT, ["N", 1, "y", "x"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "y", "x"])
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 1, "y", "x"])
-    two_in = helper.make_model(helper.make_graph([helper.make_node("Add", ["image", "hint"], ["y"])], "g", [a, b], [y]),
+    two_in = make_model(helper.make_graph([helper.make_node("Add", ["image", "hint"], ["y"])], "g", [a, b], [y]),
                                opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(two_in, tmp_path / "two_in.onnx")
     with pytest.raises(ModelError, match=r"2 inputs \(image, hint\)"):
         load_model(tmp_path / "two_in.onnx")
     nodes = [helper.make_node("Relu", ["image"], ["y"]), helper.make_node("Sigmoid", ["image"], ["z"])]
-    two_out = helper.make_model(helper.make_graph(nodes, "g", [a], [y, z]), opset_imports=[helper.make_opsetid("", 17)])
+    two_out = make_model(helper.make_graph(nodes, "g", [a], [y, z]), opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(two_out, tmp_path / "two_out.onnx")
     first = load_model(tmp_path / "two_out.onnx")
     assert first.output_name == "y" and "output_name" in first.assumed_fields and first.activation == "sigmoid"
@@ -183,7 +188,7 @@ def test_multi_input_and_multi_output(tmp_path):
 def test_rank3_input_needs_axes(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "y", "x"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "y", "x"])
-    proto = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+    proto = make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
                               opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(proto, tmp_path / "r3.onnx")
     with pytest.raises(ModelError, match="rank 3; give its axes"):

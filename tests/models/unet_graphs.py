@@ -125,3 +125,10 @@ def run(proto_or_path, feeds: dict, outputs: list[str] | None = None) -> list[np
     src = proto_or_path.SerializeToString() if isinstance(proto_or_path, onnx.ModelProto) else str(proto_or_path)
     session = ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
     return session.run(outputs, feeds)
+
+
+def make_model(graph: onnx.GraphProto, *, opset_imports) -> onnx.ModelProto:
+    """helper.make_model with the lowest IR version the opsets need (ONNX Runtime may lag onnx)."""
+    model = helper.make_model(graph, opset_imports=opset_imports)
+    model.ir_version = helper.find_min_ir_version_for(list(opset_imports))
+    return model

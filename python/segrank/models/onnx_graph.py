@@ -36,29 +36,40 @@ def default_opset(proto: onnx.ModelProto) -> int | None:
     return None
 
 
+def _runtime_accepts(opset: int, ir_version: int | None = None) -> bool:
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = ir_version if ir_version is not None else helper.find_min_ir_version_for(opsets)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return True
+    except Exception:
+        return False
+
+
+def _largest(lo: int, hi: int, ok) -> int:
+    """Largest v in [lo, hi] with ok(v), for a property that holds from lo up to some point."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
 @functools.lru_cache(maxsize=None)
 def runtime_max_opset() -> int:
     """The newest default-domain opset the installed ONNX Runtime accepts (found by trying)."""
-    import onnxruntime as ort
+    return _largest(MIN_RUNTIME_OPSET, onnx.defs.onnx_opset_version(), _runtime_accepts)
 
-    def runs(version: int) -> bool:
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-        opsets = [helper.make_opsetid("", version)]
-        model = helper.make_model(graph, opset_imports=opsets)
-        model.ir_version = helper.find_min_ir_version_for(opsets)
-        try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            return True
-        except Exception:
-            return False
 
-    lo, hi = MIN_RUNTIME_OPSET, onnx.defs.onnx_opset_version()
-    while lo < hi:  # largest version that runs; support is contiguous from 7 upwards
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if runs(mid) else (lo, mid - 1)
-    return lo
+@functools.lru_cache(maxsize=None)
+def runtime_max_ir_version() -> int:
+    """The newest ONNX IR version the installed ONNX Runtime loads (found by trying)."""
+    return _largest(3, onnx.IR_VERSION, lambda v: _runtime_accepts(MIN_RUNTIME_OPSET, v))
 
 
 def _all_tensors(graph: onnx.GraphProto):
@@ -120,6 +131,13 @@ def read_onnx(path: Path, *, root: Path | None = None, load_data: bool = False) 
         raise ModelError(f"{path}: opset {opset} is newer than the installed onnx supports ({newest}); upgrade onnx")
     if opset < MIN_RUNTIME_OPSET:
         raise ModelError(f"{path}: opset {opset} is older than ONNX Runtime runs (>= {MIN_RUNTIME_OPSET}); convert it with onnx.version_converter")
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelError(f"{path}: IR version {proto.ir_version} is newer than the installed onnx supports ({onnx.IR_VERSION}); upgrade onnx")
+    if proto.ir_version > runtime_max_ir_version():
+        raise ModelError(
+            f"{path}: IR version {proto.ir_version} is newer than the installed ONNX Runtime loads "
+            f"({runtime_max_ir_version()}); upgrade onnxruntime or re-save it with a lower ir_version"
+        )
     runtime = runtime_max_opset()
     if opset > runtime:
         raise ModelError(f"{path}: opset {opset} is newer than the installed ONNX Runtime runs ({runtime}); upgrade onnxruntime")
