@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from packages import onnx_package
-from unet_graphs import make_model, run, unet
+from unet_graphs import make_model, run
 
 from segrank.cli import main
 from segrank.models import load_model

@@ -256,7 +256,13 @@ def _tiling(rdf: Path, tensor: _Tensor, out: _Tensor, notes: list) -> Tiling:
     return Tiling(minimum=tuple(mins), multiple_of=tuple(steps), halo=halo)
 
 
-def _weights(rdf: Path, root: Path, data: dict, *, trust_code: bool, example_shape, major_minor) -> tuple[Path, Path, list]:
+def _spatial_of(shape, axes: str) -> list[int]:
+    return [n for a, n in zip(axes, shape) if a in "zyx"]
+
+
+def _weights(
+    rdf: Path, root: Path, data: dict, *, trust_code: bool, example_shape, axes: str, tiling: Tiling | None
+) -> tuple[Path, Path, list]:
     """(onnx path, folder its external data lies in, notes) from the first usable weights entry."""
     weights = data.get("weights") or {}
     if not isinstance(weights, dict) or not weights:
@@ -308,7 +314,13 @@ def _weights(rdf: Path, root: Path, data: dict, *, trust_code: bool, example_sha
     key = sha256_file(source)[:16]
     out = cache_dir() / "converted" / f"{key}-{'x'.join(map(str, example_shape))}.onnx"
     if not out.is_file():
-        torch_to_onnx(source, out, example_shape=example_shape, architecture=architecture, kwargs=kwargs, base=root)
+        # Second verification shape: batch 2 and the next valid spatial size (no check when fixed).
+        check_dynamic, dynamic_shape = tiling is None or tiling.fixed is None, None
+        if tiling is not None and tiling.multiple_of:
+            spatial = iter(s + step for s, step in zip(_spatial_of(example_shape, axes), tiling.multiple_of))
+            dynamic_shape = tuple(2 if a == "b" else n if a == "c" else next(spatial) for a, n in zip(axes, example_shape))
+        torch_to_onnx(source, out, example_shape=example_shape, architecture=architecture, kwargs=kwargs, base=root,
+                      check_dynamic=check_dynamic, dynamic_shape=dynamic_shape)
     notes.append(("source", f"{kind} weights converted to ONNX ({out})"))
     return out, out.parent, notes
 
@@ -385,7 +397,9 @@ def load_package(path: Path, *, name: str | None = None, trust_code: bool = Fals
         t = declared["tiling"]
         spatial = iter(t.fixed or t.minimum)
         example = tuple(1 if a == "b" else declared.get("in_channels", 1) if a == "c" else next(spatial) for a in tin.axes)
-    onnx_path, base, weight_notes = _weights(rdf, root, data, trust_code=trust_code, example_shape=example, major_minor=version)
+    onnx_path, base, weight_notes = _weights(
+        rdf, root, data, trust_code=trust_code, example_shape=example, axes=tin.axes, tiling=declared.get("tiling")
+    )
     notes += weight_notes
     if "card" not in declared:
         declared["card"] = {

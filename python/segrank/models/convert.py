@@ -176,6 +176,7 @@ def torch_to_onnx(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     check_dynamic: bool = True,
+    dynamic_shape: tuple[int, ...] | None = None,
     seed: int = 0,
 ) -> Path:
     """Export a PyTorch model to ONNX with dynamic batch and spatial axes, verified against torch.
@@ -193,7 +194,8 @@ def torch_to_onnx(
     rtol, atol : float
         Tolerance of the numerical check, as in `numpy.allclose`.
     check_dynamic : bool
-        Also verify at batch 2 and twice the spatial size.
+        Also verify at a second shape: `dynamic_shape`, by default batch 2 and twice the
+        spatial size.
 
     Returns
     -------
@@ -233,7 +235,7 @@ def torch_to_onnx(
         raise ModelError(f"{module_or_path}: export to ONNX failed ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     shapes = [example_shape]
     if check_dynamic:
-        shapes.append((2 * example_shape[0], example_shape[1]) + tuple(2 * s for s in example_shape[2:]))
+        shapes.append(tuple(dynamic_shape) if dynamic_shape else (2 * example_shape[0], example_shape[1]) + tuple(2 * s for s in example_shape[2:]))
     try:
         verify(module, tmp, shapes, rtol=rtol, atol=atol, seed=seed)
     except ModelError as err:
