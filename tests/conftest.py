@@ -10,6 +10,20 @@ import tifffile
 from model_factory import blob_image, bottleneck_model, pixel_threshold_model, smooth_threshold_model, write_sidecar
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never read or write the user's segrank cache (grey-box rewrites, conversions)."""
+    import os
+
+    old = os.environ.get("SEGRANK_CACHE_DIR")
+    os.environ["SEGRANK_CACHE_DIR"] = str(tmp_path_factory.mktemp("segrank-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SEGRANK_CACHE_DIR", None)
+    else:
+        os.environ["SEGRANK_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def blob_target(tmp_path) -> Path:
     """A folder of six 96x96 blob images (with labels in a sibling folder)."""

@@ -177,8 +177,10 @@ def score_image(
                     continue
                 m, sess = dropout_model, dropout_session
                 ndim = m.ndim
+                # One ceil(pC) draw per masked tensor when the rewrite masks several levels.
                 mask = channel_mask(
-                    m.dropout_channels, spec.low, rng(seed, m.name, image_name, repeat, "dropout"), ndim=ndim
+                    m.dropout_levels or m.dropout_channels, spec.low, rng(seed, m.name, image_name, repeat, "dropout"),
+                    ndim=ndim,
                 )
                 prob = predict_image(m, data, axes=axes, session=sess, dropout_mask=mask)
             else:
@@ -464,8 +466,8 @@ def example_tiles(rows, models, images, spec, *, seed, device, dropout_models, s
                 model = dropout_models.get(model.name) or model
                 if not model.greybox:
                     continue
-                mask = channel_mask(model.dropout_channels, spec.low, rng(seed, model.name, image.name, 0, "dropout"),
-                                    ndim=model.ndim)
+                mask = channel_mask(model.dropout_levels or model.dropout_channels, spec.low,
+                                    rng(seed, model.name, image.name, 0, "dropout"), ndim=model.ndim)
                 perturbed = predict_image(model, data, axes=image.axes, device=device, dropout_mask=mask)
             else:
                 center = float(np.mean(normalize_image(model, data, axes=image.axes))) if spec.kind == "contrast" else 0.0
