@@ -5,8 +5,10 @@ Usage (from the repository root)::
     python benchmarks/bank/example.py target    # copy the chosen DSB2018 test images + labels
     python benchmarks/bank/example.py truth     # true F1 per model -> performance.json + table
 
-The target is N_IMAGES images drawn (seeded) from the TEST split of the DSB2018 360x360 size
-group, a domain that no example model was trained on (see MODELS in train.py). DSB2018 is CC0.
+The target is DSB2018 TEST-split images from size groups (acquisition sources) that no example
+model was trained on (see MODELS in train.py): every test image of the small groups
+(256x320, 260x347, 512x640, 603x1272, 1040x1388; larger ones centre-cropped to 512x512) and two
+seeded test images of the 360x360 group. DSB2018 is CC0.
 True performance = median over images of the foreground F1 (Dice) at p > 0.5, computed here
 with plain ONNX Runtime on the whole image (reflect-padded to the model's multiple), so that it
 does not depend on segrank's own inference code that it is meant to check.
@@ -25,32 +27,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as T  # noqa: E402
 
 EXAMPLE = T.REPO / "python/segrank/examples/nuclei"
-GROUP = "360x360"
-N_IMAGES = 8
+TRAINED_GROUPS = ("256x256", "520x696")  # the DSB groups the example models train on
+EASY_GROUP, N_EASY = "360x360", 2  # large, bright, well separated nuclei
+MAX_SIDE = 512  # larger images are centre-cropped to keep the example fast
 
 
-def chosen_ids() -> list[str]:
+def chosen_ids() -> list[tuple[str, str]]:
+    """(size_group, id): every TEST image of the small DSB groups no example model trains on,
+    plus N_EASY seeded TEST images of the 360x360 group."""
     from segrank.perturb.seeds import rng
 
-    test = T.split_ids("dsb2018_fluo", GROUP, "test")
-    pick = rng(T.SPLIT_SEED, "bank-example", GROUP, 0, "choose").choice(len(test), N_IMAGES, replace=False)
-    return sorted(test[i] for i in pick)
+    groups = T.load_splits()["datasets"]["dsb2018_fluo"]["size_group"]
+    out = [(g, i) for g in sorted(groups) if g not in TRAINED_GROUPS + (EASY_GROUP,)
+           for i in groups[g]["test"]]
+    easy = groups[EASY_GROUP]["test"]
+    pick = rng(T.SPLIT_SEED, "bank-example", EASY_GROUP, 0, "choose").choice(len(easy), N_EASY, replace=False)
+    return out + sorted((EASY_GROUP, easy[i]) for i in pick)
 
 
 def make_target() -> None:
     src = T.DATA / T.DATASETS["dsb2018_fluo"][0]
     for sub in ("images", "labels"):
         (EXAMPLE / sub).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for image_id in chosen_ids():
+        for old in (EXAMPLE / sub).glob("*.tif"):
+            old.unlink()
+    print("| file | DSB2018 stage1_train id | size group | crop (y0:y1, x0:x1) | nuclei |")
+    print("|---|---|---|---|---|")
+    for group, image_id in chosen_ids():
         short = f"dsb-{image_id[:10]}.tif"
         image = tifffile.imread(src / "images" / f"{image_id}.tif")
         labels = tifffile.imread(src / "labels" / f"{image_id}.tif")
+        h, w = (min(MAX_SIDE, d) for d in image.shape)
+        y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+        window = (slice(y0, y0 + h), slice(x0, x0 + w))
+        image, labels = image[window], labels[window]
         tifffile.imwrite(EXAMPLE / "images" / short, image, compression="zlib")
         tifffile.imwrite(EXAMPLE / "labels" / short, labels.astype(np.uint16), compression="zlib")
-        rows.append((short, image_id, image.shape, int(labels.max())))
-    for r in rows:
-        print(*r)
+        crop = "whole" if (h, w) == tuple(image.shape) and not (y0 or x0) else f"{y0}:{y0 + h}, {x0}:{x0 + w}"
+        print(f"| {short} | {image_id} | {group} | {crop} | {len(np.unique(labels)) - 1} |")
 
 
 def predict(session, image: np.ndarray, multiple: int) -> np.ndarray:
@@ -83,7 +97,9 @@ def truth() -> None:
                      "source": "; ".join(meta["card"]["source_data"]),
                      "regime": meta["card"]["training"]["regime_note"]})
     rows.sort(key=lambda r: -r["score"])
-    (EXAMPLE / "performance.json").write_text(json.dumps(rows, indent=1) + "\n")
+    doc = {"models": rows, "target": "images", "labels": "labels",
+           "computed_by": "benchmarks/bank/example.py truth (whole-image ONNX Runtime, independent of segrank)"}
+    (EXAMPLE / "performance.json").write_text(json.dumps(doc, indent=1) + "\n")
     print("| rank | model | true F1 (median Dice) | min..max per image | val Dice (own source) | source |")
     print("|---|---|---|---|---|---|")
     for i, r in enumerate(rows, 1):

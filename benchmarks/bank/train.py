@@ -85,6 +85,14 @@ class Spec:
     patience: int = 5
     seed: int = 0
     note: str = ""
+    snapshots: tuple[int, ...] = ()  # also export the weights at these iterations as NAME-itN
+
+
+def _spec_changed(saved: dict, spec: Spec) -> bool:
+    """True if `saved` (a checkpoint's spec) differs from `spec`; new fields at their default pass."""
+    current, default = asdict(spec), asdict(Spec(spec.name, spec.bank, spec.sources))
+    saved = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()}
+    return any(current[k] != (saved[k] if k in saved else default[k]) for k in current)
 
 
 STD = dict(intensity_aug=1.0)
@@ -413,10 +421,10 @@ def train(spec: Spec, *, log=print) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.max_iters, eta_min=spec.lr * 0.05)
     gen = np.random.default_rng([spec.seed, 7])
     st = {"iteration": 0, "best_dice": -1.0, "best_iteration": 0, "best_weights": None, "history": [],
-          "since_best": 0, "done": False, "seconds": 0.0}
+          "since_best": 0, "done": False, "seconds": 0.0, "snapshots": {}}
     if state_path.exists():
         saved = torch.load(state_path, weights_only=False)
-        if saved["spec"] != asdict(spec):
+        if _spec_changed(saved["spec"], spec):
             raise SystemExit(f"{state_path}: spec changed since this checkpoint; delete it to retrain")
         net.load_state_dict(saved["weights"])
         opt.load_state_dict(saved["optimizer"])
@@ -450,6 +458,11 @@ def train(spec: Spec, *, log=print) -> dict:
             st["iteration"] += 1
             running.append(loss.item())
             it = st["iteration"]
+            if it in spec.snapshots:  # an early checkpoint kept as an extra regime
+                d = evaluate(net, crops)
+                st.setdefault("snapshots", {})[it] = {
+                    "val_dice": d, "weights": {k: v.clone() for k, v in net.state_dict().items()}}
+                log(f"{spec.name}: snapshot at it {it}, val dice {d:.4f}")
             if it % spec.eval_every == 0 or it == spec.max_iters:
                 d = evaluate(net, crops)
                 st["seconds"] += time.time() - t0
@@ -472,8 +485,22 @@ def train(spec: Spec, *, log=print) -> dict:
         save()
     net.load_state_dict(st["best_weights"])
     net.eval()
-    return {k: st[k] for k in ("best_dice", "best_iteration", "iteration", "history", "seconds",
-                               "n_train", "n_val_crops")}, net
+    facts = {k: st[k] for k in ("best_dice", "best_iteration", "iteration", "history", "seconds",
+                                "n_train", "n_val_crops")}
+    facts["snapshots"] = st.get("snapshots", {})
+    return facts, net
+
+
+def snapshot_models(spec: Spec, net, facts: dict):
+    """(spec, net, facts) for each early checkpoint of `spec`, named NAME-itN."""
+    for it, snap in sorted(facts["snapshots"].items()):
+        net.load_state_dict(snap["weights"])
+        net.eval()
+        s = replace(spec, name=f"{spec.name}-it{it}", max_iters=int(it), snapshots=(),
+                    note=f"checkpoint at iteration {it} of {spec.name} ({spec.note})")
+        f = dict(facts, best_dice=snap["val_dice"], best_iteration=int(it), iteration=int(it),
+                 seconds=facts["seconds"] * int(it) / max(1, facts["iteration"]))
+        yield s, net, f
 
 
 # ----------------------------------------------------------------------------- export
@@ -619,15 +646,21 @@ def main(argv=None) -> int:
     def log(msg):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
+    def exported(name):
+        return (out_dir / f"{name}.onnx").exists() and (out_dir / f"{name}.yaml").exists()
+
     for spec in specs:
-        if (out_dir / f"{spec.name}.onnx").exists() and (out_dir / f"{spec.name}.yaml").exists() \
-                and not args.force_export:
+        names = [spec.name] + [f"{spec.name}-it{it}" for it in spec.snapshots]
+        if all(exported(n) for n in names) and not args.force_export:
             log(f"{spec.name}: exported already, skipped")
             continue
         facts, net = train(spec, log=log)
         path = export(spec, net, facts, out_dir)
         log(f"{spec.name}: exported {path} ({path.stat().st_size / 1e6:.2f} MB), "
             f"val dice {facts['best_dice']:.4f}")
+        for s, n, f in snapshot_models(spec, net, facts):
+            path = export(s, n, f, out_dir)
+            log(f"{s.name}: exported {path}, val dice {f['best_dice']:.4f}")
     return 0
 
 
