@@ -432,7 +432,7 @@ def rank(
         bar.update(1)
     bar.close()
 
-    rows = _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed)
+    rows = _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed, repeats)
     settings["provider"] = providers
     ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out)
     from .report import write_outputs
@@ -498,8 +498,11 @@ def _spatial(axes: str) -> str:
     return "".join(a for a in axes if a in "zyx")
 
 
-def _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed) -> list[dict]:
-    failed = {f["model"] for f in failures if f["stage"] in ("session", "predict")}
+def _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed, repeats) -> list[dict]:
+    failed_images: dict[str, int] = {}
+    for f in failures:
+        if f["stage"] in ("session", "predict"):
+            failed_images[f["model"]] = failed_images.get(f["model"], 0) + (1 if f["stage"] == "predict" else len(images))
     rows = []
     for spec in specs:
         names, matrix = [], []
@@ -507,7 +510,7 @@ def _ranking_rows(models, images, specs, done, metrics, providers, failures, blo
         for model in models:
             per_unit = []
             for u in units:
-                vals = [done.get((model.name, str(spec), u, r)) for r in range(_repeats(done, model.name, spec, u))]
+                vals = [done.get((model.name, str(spec), u, r)) for r in range(repeats)]
                 scores = [float(v["score"]) for v in vals if v and v["score"] != ""]
                 per_unit.append(np.mean(scores) if scores else math.nan)
             names.append(model.name)
@@ -518,8 +521,10 @@ def _ranking_rows(models, images, specs, done, metrics, providers, failures, blo
             r = results[i]
             model = models[i]
             status = "ok"
-            if model.name in failed:
+            if model.name in failed_images and r.n_scored == 0:
                 status = "failed"
+            elif model.name in failed_images:
+                status = f"failed on {min(failed_images[model.name], len(images))} of {len(images)} images"
             elif r.score is None:
                 status = "predicts no foreground"
             rows.append(
@@ -541,13 +546,6 @@ def _ranking_rows(models, images, specs, done, metrics, providers, failures, blo
                 }
             )
     return rows
-
-
-def _repeats(done, model, spec, unit) -> int:
-    r = 0
-    while (model, str(spec), unit, r) in done:
-        r += 1
-    return r
 
 
 __all__ = ["Ranking", "rank"]
