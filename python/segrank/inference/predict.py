@@ -27,7 +27,7 @@ from ..errors import InputError, PredictionError
 from ..models.description import Model
 from .blocks import Block, Blocking, choose_blocking
 from .normalize import Normalization, normalization, sample_image
-from .session import CPU, TileRunner, cached_session, default_threads, provider_note
+from .session import TileRunner, cached_session, default_threads, provider_note
 
 Perturb = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 # Bump when a change alters stored predictions, so that old caches are not reused.
@@ -599,4 +599,3 @@ __all__ = [
     "predict_target",
     "prediction_key",
 ]
-_ = CPU

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 
 import numpy as np
@@ -160,10 +159,6 @@ class TileRunner:
             self.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
         return self.session.run([self.model.output_name], feeds)[0]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 __all__ = ["CPU", "CUDA", "DEVICES", "TileRunner", "cached_session", "create_session", "default_threads"]
