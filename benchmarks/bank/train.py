@@ -127,12 +127,13 @@ def _nuclei_bank(bank: str, head: str) -> list[Spec]:
     }
     out = []
     for key, src in sources.items():
-        out.append(Spec(f"{key}-long", bank, src, head=head, max_iters=3000, note="long regime"))
+        out.append(Spec(f"{key}-long", bank, src, head=head, max_iters=3000, snapshots=(300,),
+                        note="long regime (+ checkpoint at 300 iterations)"))
         out.append(Spec(f"{key}-short", bank, src, head=head, max_iters=150, eval_every=50,
                         intensity_aug=0.0, note="short regime, no intensity aug"))
-    out.append(Spec("dsb-all-wide", bank, sources["dsb256"] + sources["dsb520"] + sources["dsb360"],
-                    head=head, base=24, depth=4, max_iters=3000, dropout=0.1,
-                    note="all DSB groups, wider/deeper, dropout 0.1 in training"))
+    out.append(Spec("dsb-all-deep", bank, sources["dsb256"] + sources["dsb520"] + sources["dsb360"],
+                    head=head, base=8, depth=4, max_iters=3000, dropout=0.1,
+                    note="all DSB groups, deeper (depth 4, base 8), dropout 0.1 in training"))
     return out
 
 
@@ -142,8 +143,10 @@ def _em_bank(bank: str, structure: str) -> list[Spec]:
     for key, ds in (("epfl", "epfl_hippocampus"), ("vnc", "vnc_drosophila")):
         src = ((ds, None),)
         out += [
-            Spec(f"{key}-long", bank, src, structure=structure, max_iters=3000, note="long regime"),
-            Spec(f"{key}-wide", bank, src, structure=structure, base=32, max_iters=2000, note="wide"),
+            Spec(f"{key}-long", bank, src, structure=structure, max_iters=3000, snapshots=(300,),
+                 note="long regime (+ checkpoint at 300 iterations)"),
+            Spec(f"{key}-wide", bank, src, structure=structure, base=20, max_iters=2000,
+                 note="wider (base 20)"),
             Spec(f"{key}-mid-noaug", bank, src, structure=structure, max_iters=500, intensity_aug=0.0,
                  note="medium, no intensity aug"),
             Spec(f"{key}-short", bank, src, structure=structure, max_iters=100, eval_every=25,
