@@ -21,6 +21,8 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 _CACHE: dict[tuple, tuple[object, str]] = {}
+# Why CUDA cannot be used in this process, once a provider load has failed (None: not known).
+_CUDA_BROKEN: str | None = None
 _CACHE_LOCK = threading.Lock()
 
 
@@ -85,14 +87,21 @@ def create_session(model: Model, *, device: str = "auto", threads: int | None = 
     if not os.path.isfile(path):
         raise ModelError(f"{path}: model file not found")
     if device in ("auto", "cuda"):
-        reason = None
-        if CUDA not in ort.get_available_providers():
-            reason = f"this onnxruntime ({ort.__version__}) has no CUDA provider"
-        else:
+        global _CUDA_BROKEN
+        reason = _CUDA_BROKEN
+        if reason is None and CUDA not in ort.get_available_providers():
+            reason = _CUDA_BROKEN = f"this onnxruntime ({ort.__version__}) has no CUDA provider"
+        if reason is None:
             try:
-                session = ort.InferenceSession(path, _options(threads), providers=[CUDA, CPU])
+                # ONNX Runtime logs a failed provider load as an error on stderr, for every
+                # session; we say it once, in our own words, and remember it for this process.
+                ort.set_default_logger_severity(4)
+                try:
+                    session = ort.InferenceSession(path, _options(threads), providers=[CUDA, CPU])
+                finally:
+                    ort.set_default_logger_severity(2)
                 if session.get_providers()[0] != CUDA:
-                    reason = "the CUDA provider did not load (no GPU, or CUDA/cuDNN libraries missing)"
+                    reason = _CUDA_BROKEN = "the CUDA provider did not load (no GPU, or CUDA/cuDNN libraries missing)"
                 else:
                     session.run([model.output_name], probe_input(model, session))
                     return session, CUDA
