@@ -229,6 +229,26 @@ SEGRANK_TARGET_AVX2 inline std::ptrdiff_t binary_bytes_avx2(const std::uint8_t* 
   std::uint64_t n_and = 0, n_or = 0, units = 0;
   const std::ptrdiff_t n32 = n & ~std::ptrdiff_t(31);
   std::ptrdiff_t i = 0;
+  if (mode == 0) {
+    // Masks: count zero bytes only. With za, zb the "is zero" masks, pixels background in
+    // either are za | zb and background in both are za & zb; n_and and n_or follow from n.
+    std::uint64_t z_either = 0, z_both = 0;
+    while (i < n32) {
+      const std::ptrdiff_t steps = std::min<std::ptrdiff_t>((n32 - i) / 32, 255);
+      __m256i c_either = zero, c_both = zero;
+      for (std::ptrdiff_t s = 0; s < steps; ++s, i += 32) {
+        const __m256i za = _mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)), zero);
+        const __m256i zb = _mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + i)), zero);
+        c_either = _mm256_sub_epi8(c_either, _mm256_or_si256(za, zb));
+        c_both = _mm256_sub_epi8(c_both, _mm256_and_si256(za, zb));
+      }
+      z_either += hsum_epi64(_mm256_sad_epu8(c_either, zero));
+      z_both += hsum_epi64(_mm256_sad_epu8(c_both, zero));
+    }
+    const std::uint64_t total = static_cast<std::uint64_t>(n32);
+    n_and = c.background ? z_both : total - z_either;
+    n_or = c.background ? z_either : total - z_both;
+  }
   while (i < n32) {
     const std::ptrdiff_t steps = std::min<std::ptrdiff_t>((n32 - i) / 32, 255);
     __m256i c_and = zero, c_or = zero;

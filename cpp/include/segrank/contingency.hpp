@@ -101,6 +101,14 @@ struct contingency_options {
 
 namespace detail {
 
+inline void prefetch_address(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p);
+#else
+  (void)p;
+#endif
+}
+
 // Open-addressing (linear probing) counters keyed by the label pair. Count 0 marks an empty
 // slot, so every id, 0 and the dtype maximum included, is a valid key.
 class packed_pair_counter {  // both ids fit in 32 bits: one 64-bit key
@@ -124,6 +132,7 @@ class packed_pair_counter {  // both ids fit in 32 bits: one 64-bit key
       i = (i + 1) & mask_;
     }
   }
+  void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index((r << 32) | s)]); }
   template <class F>
   void for_each(F&& f) const {
     for (const auto& e : slots_)
@@ -175,6 +184,7 @@ class wide_pair_counter {  // 64-bit ids
       i = (i + 1) & mask_;
     }
   }
+  void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index(r, s)]); }
   template <class F>
   void for_each(F&& f) const {
     for (const auto& e : slots_)
@@ -207,14 +217,99 @@ class wide_pair_counter {  // 64-bit ids
   int shift_ = 64;
 };
 
+// A small direct-mapped cache of recent pairs in front of the big table. Consecutive rows of a
+// label image cross the same objects, so most runs hit a pair counted a row or two before;
+// the cache keeps those updates in L1 instead of a random access into a table of MBs.
+template <class Counter>
+class cached_counter {
+  // Pairs of ids that fit in 32 bits each are cached as one 64-bit key.
+  static constexpr bool packed = std::is_same<Counter, packed_pair_counter>::value;
+
+ public:
+  explicit cached_counter(Counter& main) : main_(main), slots_(size) {}
+  cached_counter(const cached_counter&) = delete;
+  cached_counter& operator=(const cached_counter&) = delete;
+  ~cached_counter() { flush(); }
+
+  void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index(r, s)]); }
+
+  void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+    // An empty slot (n = 0) may match too: it then simply starts counting.
+    slot& e = slots_[index(r, s)];
+    if constexpr (packed) {
+      const std::uint64_t key = (r << 32) | s;
+      if (e.a == key) {
+        e.n += n;
+        return;
+      }
+      if (e.n) evict(e.a >> 32, e.a & 0xffffffffu, e.n);
+      e.a = key;
+      e.n = n;
+    } else {
+      if (e.a == r && e.b == s) {
+        e.n += n;
+        return;
+      }
+      if (e.n) evict(e.a, e.b, e.n);
+      e.a = r;
+      e.b = s;
+      e.n = n;
+    }
+  }
+  void flush() {
+    drain();
+    for (auto& e : slots_) {
+      if (e.n) {
+        if constexpr (packed)
+          main_.add(e.a >> 32, e.a & 0xffffffffu, e.n);
+        else
+          main_.add(e.a, e.b, e.n);
+      }
+      e.n = 0;
+    }
+  }
+
+ private:
+  // 8192 slots: holds the pairs of a few rows, and much of a plane's, within L2.
+  static constexpr int bits = 13;
+  static constexpr std::size_t size = std::size_t(1) << bits;
+  static constexpr std::size_t batch = 32;
+  struct packed_slot {
+    std::uint64_t a = 0, n = 0;
+  };
+  struct wide_slot {
+    std::uint64_t a = 0, b = 0, n = 0;
+  };
+  using slot = std::conditional_t<packed, packed_slot, wide_slot>;
+  struct pending {
+    std::uint64_t r, s, n;
+  };
+
+  static std::size_t index(std::uint64_t r, std::uint64_t s) {
+    const std::uint64_t key = packed ? ((r << 32) | s) : ((r << 21) ^ s);
+    return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+  }
+  // Evicted counts go to the big table in batches, prefetched first: its slots are mostly
+  // outside the caches, and a batch overlaps those misses.
+  void evict(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+    pending_[used_++] = {r, s, n};
+    if (used_ == batch) drain();
+  }
+  void drain() {
+    for (std::size_t k = 0; k < used_; ++k) main_.prefetch(pending_[k].r, pending_[k].s);
+    for (std::size_t k = 0; k < used_; ++k) main_.add(pending_[k].r, pending_[k].s, pending_[k].n);
+    used_ = 0;
+  }
+
+  Counter& main_;
+  std::vector<slot> slots_;
+  pending pending_[batch];
+  std::size_t used_ = 0;
+};
+
 // The open run: pair (r, s) seen `len` times in a row so far (len 0: no open run).
 struct run_state {
   std::uint64_t r = 0, s = 0, len = 0;
-  template <class Counter>
-  void flush(Counter& c) {
-    if (len) c.add(r, s, len);
-    len = 0;
-  }
 };
 
 template <class T>
@@ -222,136 +317,194 @@ inline T load_at(const char* p, std::ptrdiff_t i, std::ptrdiff_t stride) {
   return *reinterpret_cast<const T*>(p + i * stride);
 }
 
-// Portable run counting along one row (any strides).
-template <class R, class S, class Counter>
+// Run counting along one stretch of a row, as events: a run ends where the pair differs from
+// the previous pixel's, and (banded) where a band pixel starts or ends. `n` pixels are counted,
+// `n_full` exist along the row (its halo included); `pr1`, `pr0` are the reference's next row
+// and next plane at the same position (nullptr where there is none). Any strides.
+template <class R, class S, bool Banded, class Counter>
 void runs_portable(const char* pr, std::ptrdiff_t sr, const char* ps, std::ptrdiff_t ss, std::ptrdiff_t n,
-                   run_state& st, Counter& ctr) {
+                   std::ptrdiff_t n_full, const char* pr1, const char* pr0, run_state& st, Counter& ctr) {
+  bool open = st.len > 0;
   R cr = static_cast<R>(st.r);
   S cs = static_cast<S>(st.s);
-  std::uint64_t len = st.len;
-  for (std::ptrdiff_t i = 0; i < n; ++i) {
-    const R r = load_at<R>(pr, i, sr);
-    const S s = load_at<S>(ps, i, ss);
-    if (r != cr || s != cs) {
-      if (len) ctr.add(cr, cs, len);
+  std::ptrdiff_t start = -static_cast<std::ptrdiff_t>(st.len);
+  for (std::ptrdiff_t j = 0; j < n; ++j) {
+    const R r = load_at<R>(pr, j, sr);
+    const S s = load_at<S>(ps, j, ss);
+    const bool band = Banded && ((j + 1 < n_full && load_at<R>(pr, j + 1, sr) != r) ||
+                                 (pr1 && load_at<R>(pr1, j, sr) != r) || (pr0 && load_at<R>(pr0, j, sr) != r));
+    if (band) {
+      if (open) ctr.add(cr, cs, static_cast<std::uint64_t>(j - start));
+      open = false;
+    } else if (!open || r != cr || s != cs) {
+      if (open) ctr.add(cr, cs, static_cast<std::uint64_t>(j - start));
+      open = true;
       cr = r;
       cs = s;
-      len = 0;
+      start = j;
     }
-    ++len;
   }
   st.r = cr;
   st.s = cs;
-  st.len = len;
+  st.len = open ? static_cast<std::uint64_t>(n - start) : 0;
 }
 
 #if SEGRANK_X86_DISPATCH
-// 16-bit mask: bit k set when p[k] == v, for 16 consecutive elements.
-SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint8_t* p, std::uint8_t v) {
-  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return static_cast<std::uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8(static_cast<char>(v)))));
+// Equality masks over 32 consecutive elements: bit k set when p[k] == q[k] (and, for the pair
+// versions, also p2[k] == q2[k]; same-width pairs are combined before the movemask).
+SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint8_t* p, const std::uint8_t* q) {
+  return _mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
 }
-SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint16_t* p, std::uint16_t v) {
-  const __m256i c = _mm256_cmpeq_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                                       _mm256_set1_epi16(static_cast<short>(v)));
-  const __m128i packed = _mm_packs_epi16(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-  return static_cast<std::uint32_t>(_mm_movemask_epi8(packed));
+SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint16_t* p, const std::uint16_t* q) {
+  return _mm256_cmpeq_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
 }
-SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint32_t* p, std::uint32_t v) {
-  const __m256i b = _mm256_set1_epi32(static_cast<int>(v));
-  const __m256i c0 = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), b);
-  const __m256i c1 = _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8)), b);
-  return static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(c0))) |
-         (static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(c1))) << 8);
+SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint32_t* p, const std::uint32_t* q) {
+  return _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
 }
-SEGRANK_TARGET_AVX2 inline std::uint32_t eq16_avx2(const std::uint64_t* p, std::uint64_t v) {
-  const __m256i b = _mm256_set1_epi64x(static_cast<long long>(v));
-  std::uint32_t m = 0;
-  for (int k = 0; k < 4; ++k) {
-    const __m256i c = _mm256_cmpeq_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 4 * k)), b);
-    m |= static_cast<std::uint32_t>(_mm256_movemask_pd(_mm256_castsi256_pd(c))) << (4 * k);
+SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint64_t* p, const std::uint64_t* q) {
+  return _mm256_cmpeq_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+}
+
+// Bits of one 256-bit compare result, one per element of width W bytes.
+template <int W>
+SEGRANK_TARGET_AVX2 inline std::uint32_t lane_bits_avx2(__m256i c) {
+  if (W == 1) return static_cast<std::uint32_t>(_mm256_movemask_epi8(c));
+  if (W == 2) {
+    const __m128i packed = _mm_packs_epi16(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    return static_cast<std::uint32_t>(_mm_movemask_epi8(packed));
   }
+  if (W == 4) return static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(c)));
+  return static_cast<std::uint32_t>(_mm256_movemask_pd(_mm256_castsi256_pd(c)));
+}
+
+template <class T>
+SEGRANK_TARGET_AVX2 inline std::uint32_t eq32_avx2(const T* p, const T* q) {
+  constexpr int lanes = 32 / sizeof(T);
+  std::uint32_t m = 0;
+  for (int k = 0; k < 32; k += lanes) m |= lane_bits_avx2<sizeof(T)>(eq_vec_avx2(p + k, q + k)) << k;
   return m;
 }
 
-// Run counting along a contiguous row: compare 16 elements at a time with the open run's pair
-// and jump to the first mismatch.
-template <class R, class S, class Counter>
-SEGRANK_TARGET_AVX2 void runs_avx2(const R* pr, const S* ps, std::ptrdiff_t n, run_state& st, Counter& ctr) {
+template <class R, class S>
+SEGRANK_TARGET_AVX2 inline std::uint32_t eq32_pair_avx2(const R* r, const R* rq, const S* s, const S* sq) {
+  if constexpr (sizeof(R) == sizeof(S)) {
+    constexpr int lanes = 32 / sizeof(R);
+    std::uint32_t m = 0;
+    for (int k = 0; k < 32; k += lanes)
+      m |= lane_bits_avx2<sizeof(R)>(_mm256_and_si256(eq_vec_avx2(r + k, rq + k), eq_vec_avx2(s + k, sq + k))) << k;
+    return m;
+  } else {
+    return eq32_avx2(r, rq) & eq32_avx2(s, sq);
+  }
+}
+
+// The same events on contiguous rows, 32 pixels at a time: a bit mask of event positions
+// (pair differs from the previous pixel; band starts or ends), then one step per event.
+template <class R, class S, bool Banded, class Counter>
+SEGRANK_TARGET_AVX2 void runs_avx2(const R* r, const S* s, std::ptrdiff_t n, std::ptrdiff_t n_full, const R* r1,
+                                   const R* r0, run_state& st, Counter& ctr) {
+  if (n < 34) {
+    runs_portable<R, S, Banded>(reinterpret_cast<const char*>(r), sizeof(R), reinterpret_cast<const char*>(s),
+                                sizeof(S), n, n_full, reinterpret_cast<const char*>(r1),
+                                reinterpret_cast<const char*>(r0), st, ctr);
+    return;
+  }
+  // The first pixel against the carried run, by the portable rule.
+  runs_portable<R, S, Banded>(reinterpret_cast<const char*>(r), sizeof(R), reinterpret_cast<const char*>(s),
+                              sizeof(S), 1, n_full, reinterpret_cast<const char*>(r1),
+                              reinterpret_cast<const char*>(r0), st, ctr);
+  bool open = st.len > 0;  // always true without a band
   R cr = static_cast<R>(st.r);
   S cs = static_cast<S>(st.s);
-  std::uint64_t len = st.len;
-  std::ptrdiff_t i = 0;
-  if (len == 0 && n > 0) {
-    cr = pr[0];
-    cs = ps[0];
-  }
-  while (i + 16 <= n) {
-    const std::uint32_t m = eq16_avx2(pr + i, cr) & eq16_avx2(ps + i, cs);
-    if (m == 0xffffu) {
-      len += 16;
-      i += 16;
-      continue;
+  std::ptrdiff_t start = 1 - static_cast<std::ptrdiff_t>(st.len);
+  std::uint32_t prev_band = (Banded && !open) ? 1u : 0u;  // pixel 0 was band iff no run is open after it
+  std::ptrdiff_t i = 1;
+  const std::ptrdiff_t stop = Banded ? std::min(n, n_full - 1) : n;  // the band test reads pixel i + 32
+  if constexpr (!Banded) {
+    // Two passes per block of pixels: event positions first (branch-free bit flattening), then
+    // one counter update per run from that list, with no detection work in between.
+    constexpr std::ptrdiff_t block = 1024;
+    std::uint32_t pos[block + 64];
+    while (i + 32 <= stop) {
+      const std::ptrdiff_t base = i;
+      const std::ptrdiff_t end = std::min(stop - 31, base + block);
+      std::size_t count = 0;
+      for (; i < end; i += 32) {
+        std::uint32_t events = ~eq32_pair_avx2(r + i, r + i - 1, s + i, s + i - 1);
+        const std::size_t n_ev = static_cast<std::size_t>(_mm_popcnt_u32(events));
+        const std::uint32_t off = static_cast<std::uint32_t>(i - base);
+        for (int k = 0; k < 8; ++k) {  // fixed trip count: positions past n_ev are overwritten later
+          pos[count + static_cast<std::size_t>(k)] = off + static_cast<std::uint32_t>(_tzcnt_u32(events));
+          events = _blsr_u32(events);
+        }
+        for (std::size_t k = 8; k < n_ev; ++k) {
+          pos[count + k] = off + static_cast<std::uint32_t>(_tzcnt_u32(events));
+          events = _blsr_u32(events);
+        }
+        count += n_ev;
+      }
+      constexpr std::size_t ahead = 8;  // prefetch the counter slot of the run 8 events later
+      for (std::size_t k = 0; k < count; ++k) {
+        if (k + ahead < count) {
+          const std::ptrdiff_t jp = base + static_cast<std::ptrdiff_t>(pos[k + ahead]);
+          ctr.prefetch(r[jp], s[jp]);
+        }
+        const std::ptrdiff_t j = base + static_cast<std::ptrdiff_t>(pos[k]);
+        ctr.add(cr, cs, static_cast<std::uint64_t>(j - start));
+        cr = r[j];
+        cs = s[j];
+        start = j;
+      }
     }
-    const int k = __builtin_ctz(~m);
-    len += static_cast<std::uint64_t>(k);
-    i += k;
-    if (len) ctr.add(cr, cs, len);
-    cr = pr[i];
-    cs = ps[i];
-    len = 0;
+  }
+  for (; Banded && i + 32 <= stop; i += 32) {
+    std::uint32_t events = ~eq32_pair_avx2(r + i, r + i - 1, s + i, s + i - 1);
+    std::uint32_t same = eq32_avx2(r + i, r + i + 1);
+    if (r1) same &= eq32_avx2(r + i, r1 + i);
+    if (r0) same &= eq32_avx2(r + i, r0 + i);
+    const std::uint32_t band = ~same;
+    events |= band | (band << 1) | prev_band;
+    prev_band = band >> 31;
+    while (events) {
+      const int k = __builtin_ctz(events);
+      events &= events - 1;
+      const std::ptrdiff_t j = i + k;
+      if (open) ctr.add(cr, cs, static_cast<std::uint64_t>(j - start));
+      if ((band >> k) & 1u) {
+        open = false;
+      } else {
+        open = true;
+        cr = r[j];
+        cs = s[j];
+        start = j;
+      }
+    }
   }
   st.r = cr;
   st.s = cs;
-  st.len = len;
+  st.len = open ? static_cast<std::uint64_t>(i - start) : 0;
   if (i < n)
-    runs_portable<R, S>(reinterpret_cast<const char*>(pr + i), sizeof(R), reinterpret_cast<const char*>(ps + i),
-                        sizeof(S), n - i, st, ctr);
+    runs_portable<R, S, Banded>(reinterpret_cast<const char*>(r + i), sizeof(R), reinterpret_cast<const char*>(s + i),
+                                sizeof(S), n - i, n_full - i, r1 ? reinterpret_cast<const char*>(r1 + i) : nullptr,
+                                r0 ? reinterpret_cast<const char*>(r0 + i) : nullptr, st, ctr);
 }
 #endif
 
-template <class R, class S, class Counter>
+template <class R, class S, bool Banded, class Counter>
 void runs_row(const char* pr, std::ptrdiff_t sr, const char* ps, std::ptrdiff_t ss, std::ptrdiff_t n,
-              run_state& st, Counter& ctr) {
+              std::ptrdiff_t n_full, const char* pr1, const char* pr0, run_state& st, Counter& ctr) {
 #if SEGRANK_X86_DISPATCH
   if (active_simd() == simd_level::avx2 && sr == std::ptrdiff_t(sizeof(R)) && ss == std::ptrdiff_t(sizeof(S))) {
-    runs_avx2<R, S>(reinterpret_cast<const R*>(pr), reinterpret_cast<const S*>(ps), n, st, ctr);
+    runs_avx2<R, S, Banded>(reinterpret_cast<const R*>(pr), reinterpret_cast<const S*>(ps), n, n_full,
+                            reinterpret_cast<const R*>(pr1), reinterpret_cast<const R*>(pr0), st, ctr);
     return;
   }
 #endif
-  runs_portable<R, S>(pr, sr, ps, ss, n, st, ctr);
-}
-
-// Run counting along one row with the boundary band left out. `n` pixels are counted,
-// `n_full` exist (the row's halo included); `pr1`, `pr0` are the reference's next row and next
-// plane (nullptr where there is none).
-template <class R, class S, class Counter>
-void runs_banded(const char* pr, std::ptrdiff_t sr, const char* ps, std::ptrdiff_t ss, std::ptrdiff_t n,
-                 std::ptrdiff_t n_full, const char* pr1, const char* pr0, run_state& st, Counter& ctr) {
-  R cr = static_cast<R>(st.r);
-  S cs = static_cast<S>(st.s);
-  std::uint64_t len = st.len;
-  for (std::ptrdiff_t i = 0; i < n; ++i) {
-    const R r = load_at<R>(pr, i, sr);
-    const bool band = (i + 1 < n_full && load_at<R>(pr, i + 1, sr) != r) ||
-                      (pr1 && load_at<R>(pr1, i, sr) != r) || (pr0 && load_at<R>(pr0, i, sr) != r);
-    if (band) {
-      if (len) ctr.add(cr, cs, len);
-      len = 0;
-      continue;
-    }
-    const S s = load_at<S>(ps, i, ss);
-    if (len == 0 || r != cr || s != cs) {
-      if (len) ctr.add(cr, cs, len);
-      cr = r;
-      cs = s;
-      len = 0;
-    }
-    ++len;
-  }
-  st.r = cr;
-  st.s = cs;
-  st.len = len;
+  runs_portable<R, S, Banded>(pr, sr, ps, ss, n, n_full, pr1, pr0, st, ctr);
 }
 
 template <class T>
@@ -433,10 +586,10 @@ class contingency_accumulator {
     const int threads = useful_threads(requested, total, std::ptrdiff_t(1) << 21);
     std::vector<counter> extra(static_cast<std::size_t>(threads - 1));
     parallel_chunks(threads, threads, [&](int, std::ptrdiff_t t, std::ptrdiff_t) {
-      counter& ctr = t == 0 ? counter_ : extra[static_cast<std::size_t>(t - 1)];
+      detail::cached_counter<counter> ctr(t == 0 ? counter_ : extra[static_cast<std::size_t>(t - 1)]);
       detail::run_state st;
       count_range(total * t / threads, total * (t + 1) / threads, st, ctr);
-      st.flush(ctr);
+      if (st.len) ctr.add(st.r, st.s, st.len);
     });
     for (const auto& c : extra) c.for_each([&](std::uint64_t r, std::uint64_t s, std::uint64_t n) { counter_.add(r, s, n); });
   }
@@ -450,11 +603,11 @@ class contingency_accumulator {
   void add_plain(const array_view<UR>& ref, const array_view<US>& tst, const contingency_options& o) {
     const detail::pair_walk w = detail::make_pair_walk(shrink(ref, o.halo), shrink(tst, o.halo), true);
     const std::ptrdiff_t length = w.row_length(), total = w.rows() * length;
-    run_threads(total, o.threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end, detail::run_state& st, counter& ctr) {
+    run_threads(total, o.threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end, detail::run_state& st, auto& ctr) {
       for (std::ptrdiff_t pos = begin; pos < end;) {
         const std::ptrdiff_t r = pos / length, col = pos % length, n = std::min(length - col, end - pos);
-        detail::runs_row<UR, US>(w.row_a(r) + col * w.sa[2], w.sa[2], w.row_b(r) + col * w.sb[2], w.sb[2], n, st,
-                                 ctr);
+        detail::runs_row<UR, US, false>(w.row_a(r) + col * w.sa[2], w.sa[2], w.row_b(r) + col * w.sb[2], w.sb[2], n,
+                                        n, nullptr, nullptr, st, ctr);
         pos += n;
       }
     });
@@ -466,7 +619,7 @@ class contingency_accumulator {
     for (int k = 0; k < 3; ++k)
       if (w.axis[k] >= 0) counted[k] -= o.halo[static_cast<std::size_t>(w.axis[k])];
     const std::ptrdiff_t length = counted[2], total = counted[0] * counted[1] * length;
-    run_threads(total, o.threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end, detail::run_state& st, counter& ctr) {
+    run_threads(total, o.threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end, detail::run_state& st, auto& ctr) {
       for (std::ptrdiff_t pos = begin; pos < end;) {
         const std::ptrdiff_t row = pos / length, col = pos % length, n = std::min(length - col, end - pos);
         const std::ptrdiff_t i0 = row / counted[1], i1 = row % counted[1];
@@ -475,7 +628,7 @@ class contingency_accumulator {
         const char* pr1 = i1 + 1 < w.shape[1] ? pr + w.sa[1] : nullptr;
         const char* pr0 = i0 + 1 < w.shape[0] ? pr + w.sa[0] : nullptr;
         const std::ptrdiff_t off = col * w.sa[2];
-        detail::runs_banded<UR, US>(pr + off, w.sa[2], ps + col * w.sb[2], w.sb[2], n, w.shape[2] - col,
+        detail::runs_row<UR, US, true>(pr + off, w.sa[2], ps + col * w.sb[2], w.sb[2], n, w.shape[2] - col,
                                     pr1 ? pr1 + off : nullptr, pr0 ? pr0 + off : nullptr, st, ctr);
         pos += n;
       }
