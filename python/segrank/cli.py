@@ -111,11 +111,17 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--axes", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print performance.json to stdout.")
-def evaluate_cmd(bank, target, labels, out, device, axes, as_json):
+@click.option("--baselines", "with_baselines", is_flag=True,
+              help="Also write OUT/baselines.json: confidence, entropy, LEEP, CCFV (validate takes it as a ranking).")
+def evaluate_cmd(bank, target, labels, out, device, axes, as_json, with_baselines):
     """True performance of every model of BANK on TARGET against LABELS (F1 or mAP)."""
     from .evaluate.job import evaluate
 
     rows = evaluate(bank, target, labels=labels, out=out, device=device, axes=axes)
+    if with_baselines:
+        from .evaluate.baselines import baselines
+
+        baselines(bank, target, labels=labels, out=out, device=device, axes=axes)
     if as_json:
         click.echo(json.dumps({"models": rows}, indent=2))
     else:
@@ -181,7 +187,10 @@ def validate_cmd(files, as_json, permutations):
             text = "n/a" if v["value"] is None else f"{v['value']:+.3f}"
             extra = f" (p = {v['p']:.4f})" if v.get("p") is not None else (f" +- {v['std']:.3f}" if v.get("std") is not None else "")
             click.echo(f"  {k:<9} {text}{extra}")
-        click.echo(f"  regret    {entry['regret']:.4f}")
+        regret = entry["regret"]  # several targets: {"mean", "std"}
+        click.echo(f"  regret    {regret['mean']:.4f} +- {regret['std']:.4f}" if isinstance(regret, dict) else f"  regret    {regret:.4f}")
+        if "top1_rate" in entry:
+            click.echo(f"  top-1     {entry['top1_rate']:.2f}")
 
 
 @main.command("inspect")

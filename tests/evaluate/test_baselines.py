@@ -166,3 +166,19 @@ def test_baselines_job_feeds_validate(noise_bank, blob_target, tmp_path):
     result = validate([(tmp_path / "b" / "baselines.json", tmp_path / "perf.json")], n_permutations=200)
     assert set(result["by_perturbation"]) == {"baseline:confidence", "baseline:entropy", "baseline:leep"}
     assert (tmp_path / "b" / "baselines_per_image.csv").read_text().count("\n") == 1 + 3 * 6
+
+
+def test_cli_evaluate_baselines_then_validate_two_targets(noise_bank, blob_target, tmp_path):
+    from click.testing import CliRunner
+
+    from segrank.cli import main
+
+    write_sidecar(smooth_threshold_model(noise_bank / "dim.onnx", level=0.9))
+    runner = CliRunner()
+    res = runner.invoke(main, ["evaluate", str(noise_bank), str(blob_target), "--labels", str(blob_target.parent / "labels"),
+                               "--out", str(tmp_path / "e"), "--device", "cpu", "--baselines"])
+    assert res.exit_code == 0, res.output
+    pair = [str(tmp_path / "e" / "baselines.json"), str(tmp_path / "e" / "performance.json")]
+    res = runner.invoke(main, ["validate", *pair, *pair, "--permutations", "200"])
+    assert res.exit_code == 0, res.output
+    assert "perturbation baseline:leep:" in res.output and "regret" in res.output and "top-1" in res.output
