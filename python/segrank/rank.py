@@ -4,6 +4,13 @@ Stages, each its own module: models/ (load the bank, grey-box rewrite), io/ (the
 perturb/ (seeded perturbations), inference/ (blockwise prediction), postprocess/ (instance
 labels), scoring/ (per-unit consistency, aggregation), report/ (files and plots). This module
 only orchestrates: it decides what to run, writes per-unit results as they come and resumes.
+
+Work is split into tasks that run in this process or on dask.distributed workers (`_execute`):
+one task per (model, 2D image), and one task per (model, scoring block) of a volume
+(`scoring.volume`: the block plus the model's halo is read, predicted and scored in bounded
+memory, with the whole volume's normalisation, computed here once per (model, volume)).
+`rank(..., in_memory=True)` predicts each volume whole instead: the reference that the
+blockwise path equals exactly (same tiles, same normalisation, same per-block draws).
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from .scoring import aggregate, prediction_for_metric, ranking_order, resolve_me
 
 PER_UNIT_FIELDS = ("model", "perturbation", "unit", "repeat", "score", "status")
 # Settings whose change alters results: a run directory refuses to resume under other values.
-RESULT_SETTINGS = ("perturbations", "metric", "repeats", "seed", "threshold", "units", "block")
+RESULT_SETTINGS = ("perturbations", "metric", "repeats", "seed", "threshold", "units", "block", "tile", "halo")
+GPU = "GPU"  # the dask.distributed resource a GPU worker declares (one per GPU)
 
 
 @dataclass(frozen=True)
@@ -65,9 +73,17 @@ class RunDirectory:
         path.write_text(json.dumps(settings, indent=2))
 
     def done(self) -> dict[tuple[str, str, str, int], dict]:
-        """Rows already written, keyed by (model, perturbation, unit, repeat)."""
+        """Rows already written, keyed by (model, perturbation, unit, repeat).
+
+        A run killed while writing may leave a torn last line: it is cut off here (its unit is
+        simply done again), so that the next rows start on a line of their own.
+        """
         if not self.per_unit.exists():
             return {}
+        raw = self.per_unit.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            with self.per_unit.open("r+b") as f:
+                f.truncate(raw.rfind(b"\n") + 1)
         rows = {}
         with self.per_unit.open(newline="") as f:
             for row in csv.DictReader(f):
@@ -75,12 +91,16 @@ class RunDirectory:
         return rows
 
     def append(self, rows: list[dict]) -> None:
-        new = not self.per_unit.exists()
+        """Append the rows of one finished task in a single write (a kill tears at most it)."""
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=PER_UNIT_FIELDS)
+        if not self.per_unit.exists() or self.per_unit.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerows(rows)
         with self.per_unit.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PER_UNIT_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+            f.write(buffer.getvalue())
             f.flush()
 
 
@@ -113,17 +133,11 @@ def choose_perturbations(specs: list[str], models: list[Model]) -> list[Perturba
 
 def image_units(name: str, shape: tuple[int, ...], spatial_axes: str, block: tuple[int, ...]) -> list[Unit]:
     """A 2D image is one unit; a volume is cut into a fixed grid of blocks (chosen without labels)."""
+    from .scoring.volume import block_name, block_regions
+
     if len(spatial_axes) < 3:
         return [Unit(name, name)]
-    spatial = shape[-3:]
-    units = []
-    steps = [range(0, s, b) for s, b in zip(spatial, block[-3:])]
-    for z in steps[0]:
-        for y in steps[1]:
-            for x in steps[2]:
-                region = tuple(slice(o, min(o + b, s)) for o, b, s in zip((z, y, x), block[-3:], spatial))
-                units.append(Unit(f"{name}[{z}:{region[0].stop},{y}:{region[1].stop},{x}:{region[2].stop}]", name, region))
-    return units
+    return [Unit(block_name(name, region), name, region) for region in block_regions(shape[-3:], block)]
 
 
 def _check_finite(prob: np.ndarray, model: Model, image: str) -> np.ndarray:
@@ -148,41 +162,58 @@ def score_image(
     dropout_model: Model | None,
     dropout_session,
     todo: set[tuple[str, int]] | None = None,
+    normalization=None,
+    blocking=None,
+    center: float | None = None,
+    tile=None,
+    halo=None,
 ) -> list[dict]:
-    """All rows for one (model, image): one unperturbed run shared by every perturbation/repeat.
+    """All rows for one (model, image), the image predicted whole, in memory.
 
-    `todo` limits the work to (perturbation, repeat) pairs not yet done (resume).
+    One unperturbed run is shared by every perturbation and repeat; `todo` limits the work to
+    (perturbation, repeat) pairs not yet done (resume). Each unit (the image, or a scoring
+    block of a volume) compares its crop of the two runs; for ``rand`` the instance labels are
+    computed per unit, from the unit's crop of the probabilities. Dropout masks are drawn per
+    unit (`scoring.volume`), so under dropout a volume is predicted once per block: this is the
+    reference path for volumes small enough to hold, which the blockwise path equals exactly
+    when given the same `normalization`, `blocking` and `center`.
     """
     from .inference.predict import normalize_image, predict_image
-    from .perturb.dropout import channel_mask
+    from .scoring.volume import dropout_mask
 
-    rows = []
+    options = dict(axes=axes, normalization=normalization, blocking=blocking, tile=tile, halo=halo)
     baselines: dict[str, np.ndarray] = {}
 
     def baseline(m: Model, sess) -> np.ndarray:
         # The unperturbed and the perturbed run go through the same graph, so rounding
         # differences between graphs never count as inconsistency.
-        if m.name + str(m.greybox) not in baselines:
-            prob = predict_image(m, data, axes=axes, session=sess)
-            baselines[m.name + str(m.greybox)] = prediction_for_metric(_check_finite(prob, m, image_name), m, metric)
-        return baselines[m.name + str(m.greybox)]
+        key = m.name + str(m.greybox)
+        if key not in baselines:
+            baselines[key] = _check_finite(predict_image(m, data, session=sess, **options), m, image_name)
+        return baselines[key]
 
-    center = None
+    def unit_score(m: Model, reference: np.ndarray, perturbed: np.ndarray, unit: Unit) -> float | None:
+        crop = (slice(None),) + (unit.region or ())
+        return unit_consistency(
+            prediction_for_metric(reference[crop], m, metric), prediction_for_metric(perturbed[crop], m, metric),
+            metric=metric, threshold=threshold,
+        )
+
+    rows = []
     for spec in specs:
         for repeat in range(repeats):
             if todo is not None and (str(spec), repeat) not in todo:
                 continue
+            scores = {}
             if spec.is_dropout:
                 if dropout_model is None:
                     continue
                 m, sess = dropout_model, dropout_session
-                ndim = m.ndim
-                # One ceil(pC) draw per masked tensor when the rewrite masks several levels.
-                mask = channel_mask(
-                    m.dropout_levels or m.dropout_channels, spec.low, rng(seed, m.name, image_name, repeat, "dropout"),
-                    ndim=ndim,
-                )
-                prob = predict_image(m, data, axes=axes, session=sess, dropout_mask=mask)
+                reference = baseline(m, sess)
+                for unit in units:
+                    mask = dropout_mask(m, spec, seed=seed, unit=unit.name, repeat=repeat)
+                    prob = _check_finite(predict_image(m, data, session=sess, dropout_mask=mask, **options), m, image_name)
+                    scores[unit.name] = unit_score(m, reference, prob, unit)
             else:
                 m, sess = model, session
                 if center is None and spec.kind == "contrast":
@@ -190,12 +221,12 @@ def score_image(
                 perturb = make_input_perturbation(
                     spec, seed=seed, model=m.name, unit=image_name, repeat=repeat, center=center or 0.0
                 )
-                prob = predict_image(m, data, axes=axes, session=sess, perturb=perturb)
-            reference = baseline(m, sess)
-            perturbed = prediction_for_metric(_check_finite(prob, m, image_name), m, metric)
+                prob = _check_finite(predict_image(m, data, session=sess, perturb=perturb, **options), m, image_name)
+                reference = baseline(m, sess)
+                for unit in units:
+                    scores[unit.name] = unit_score(m, reference, prob, unit)
             for unit in units:
-                region = (Ellipsis,) + unit.region if unit.region else (Ellipsis,)
-                score = unit_consistency(reference[region], perturbed[region], metric=metric, threshold=threshold)
+                score = scores[unit.name]
                 rows.append(
                     {
                         "model": model.name,
@@ -229,7 +260,11 @@ class Ranking:
 
 @dataclass(frozen=True)
 class ScoreTask:
-    """The work for one (model, image): everything a worker needs, picklable (no sessions)."""
+    """The work for one (model, image) predicted whole: picklable (no sessions).
+
+    For a volume on the in-memory path, `norm`, `blocking` and `center` come from the whole
+    lazy volume (as for the blockwise path); for a 2D image they are None and computed from it.
+    """
 
     model: Model
     dropout_model: Model | None
@@ -243,6 +278,17 @@ class ScoreTask:
     threshold: float
     device: str
     threads: int | None
+    norm: object = None
+    blocking: object = None
+    center: float | None = None
+    tile: object = None
+    halo: object = None
+
+    def run(self) -> dict:
+        return run_score_task(self)
+
+    def describe(self) -> dict:
+        return {"model": self.model.name, "image": self.image.name}
 
 
 def run_score_task(task: ScoreTask) -> dict:
@@ -259,31 +305,122 @@ def run_score_task(task: ScoreTask) -> dict:
             task.model, task.image.name, data, task.image.axes, list(task.units), list(task.specs),
             metric=task.metric, repeats=task.repeats, seed=task.seed, threshold=task.threshold,
             session=session, dropout_model=task.dropout_model, dropout_session=dropout_session, todo=set(task.todo),
+            normalization=task.norm, blocking=task.blocking, center=task.center, tile=task.tile, halo=task.halo,
         )
     except SegrankError as err:
-        return {"failure": {"model": task.model.name, "stage": "predict", "image": task.image.name, "error": str(err)}}
+        return {"failure": dict(task.describe(), stage="predict", error=str(err))}
     return {"rows": rows}
 
 
-def _execute(tasks: list[ScoreTask], *, workers: int | None, scheduler: str | None):
+@dataclass(frozen=True)
+class BlockTask:
+    """The work for one (model, scoring block) of a volume: its block plus halo, nothing more."""
+
+    job: object  # scoring.volume.VolumeJob, shared by the blocks of one (model, volume)
+    unit: Unit
+    todo: frozenset
+
+    def run(self) -> dict:
+        return run_block_task(self)
+
+    def describe(self) -> dict:
+        return {"model": self.job.model.name, "image": self.unit.image, "unit": self.unit.name}
+
+
+def run_block_task(task: BlockTask) -> dict:
+    """Score one scoring block in this process; failures come back as data, not exceptions."""
+    from .scoring.volume import score_block
+
+    try:
+        rows = score_block(task.job, task.unit.name, task.unit.region, task.todo)
+    except SegrankError as err:
+        return {"failure": dict(task.describe(), stage="predict", error=str(err))}
+    return {"rows": rows}
+
+
+def _run_task(task) -> dict:
+    return task.run()
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this machine offers: CUDA_VISIBLE_DEVICES when set, else those nvidia-smi lists."""
+    import os
+    import subprocess
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def gpu_cluster(gpus):
+    """A local dask.distributed cluster with one single-threaded worker per GPU.
+
+    Each worker sees only its GPU (CUDA_VISIBLE_DEVICES, set before its process starts) and
+    declares the resource ``GPU=1``; tasks that require ``GPU=1`` therefore run one at a time
+    per GPU, so each GPU runs one model at a time. (On an existing cluster, start GPU workers
+    the same way: ``CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nthreads 1 --resources GPU=1``.)
+    """
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {
+        f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
+        for g in gpus
+    }
+    return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers)
+
+
+def _execute(tasks: list, *, workers: int | None, scheduler: str | None, gpus=None, require_gpu: bool = False):
     """Results of `tasks` as they complete: in this process, or on a dask.distributed cluster
-    (a LocalCluster of `workers` processes, or the scheduler at `scheduler`)."""
-    if not workers and not scheduler:
+    (a LocalCluster of `workers` processes, or the scheduler at `scheduler`).
+
+    With `gpus` (a list of GPU ids) the local cluster is `gpu_cluster(gpus)` and every task
+    requires the ``GPU`` resource. On an existing scheduler, tasks require it when some
+    worker declares it; when none does and `require_gpu`, that is an error. A task whose
+    worker died (killed, out of memory) is retried elsewhere by the scheduler; if it cannot
+    finish it comes back as a failure, and every finished one is already written.
+    """
+    if not workers and not scheduler and not gpus:
         for task in tasks:
-            yield run_score_task(task)
+            yield _run_task(task)
         return
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
+    resources = None
     if scheduler:
         client = Client(scheduler)
+        if gpus or require_gpu:
+            infos = client.scheduler_info(n_workers=-1)["workers"].values()
+            if any(w.get("resources", {}).get(GPU) for w in infos):
+                resources = {GPU: 1}
+            elif require_gpu:
+                client.close()
+                raise SegrankError(
+                    f"scheduler {scheduler}: no worker declares the {GPU} resource; start one worker per GPU with "
+                    f"CUDA_VISIBLE_DEVICES=i dask worker {scheduler} --nthreads 1 --resources {GPU}=1"
+                )
+    elif gpus:
+        cluster = gpu_cluster(gpus)
+        client = Client(cluster)
+        resources = {GPU: 1}
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(run_score_task, t, pure=False) for t in tasks]
+        futures = {client.submit(_run_task, t, pure=False, resources=resources): t for t in tasks}
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                yield future.result()
+            except Exception as err:  # e.g. distributed.KilledWorker: the task killed its workers
+                yield {"failure": dict(futures[future].describe(), stage="predict",
+                                       error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")}
+            future.release()
     finally:
         client.close()
         if cluster is not None:
@@ -304,8 +441,12 @@ def rank(
     axes: str | None = None,
     threshold: float = 0.5,
     block: tuple[int, ...] = (64, 256, 256),
+    tile=None,
+    halo=None,
+    in_memory: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
+    gpus=None,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -328,25 +469,37 @@ def rank(
     repeats : int
         Perturbed runs per unit (K); the unperturbed run is shared.
     seed : int
-        Seeds every draw with (seed, model, image, repeat).
+        Seeds every draw with (seed, model, unit, repeat).
     max_images : int, optional
         Score a seeded random subset of this many images.
     block : tuple of int
         Scoring units of a volume: blocks of this (z, y, x) shape on a fixed grid.
+    tile, halo : optional
+        Prediction tile and halo (see `inference.blocks.choose_blocking`); default: the
+        model's, with tiles of volumes nested in the scoring blocks when the model allows.
+    in_memory : bool
+        Predict each volume whole in memory (the reference for small volumes) instead of
+        scoring it block by block in bounded memory. Both give the same scores.
     workers, scheduler : optional
-        Run (model, image) tasks on a dask.distributed LocalCluster of `workers` processes, or
-        on an existing scheduler address; default: in this process.
+        Run tasks (one per 2D image or per scoring block of a volume, and model) on a
+        dask.distributed LocalCluster of `workers` processes, or on an existing scheduler
+        address; default: in this process.
+    gpus : list of str, optional
+        GPU ids for a local cluster of one worker per GPU, each declaring the dask resource
+        ``GPU=1`` that every task requires (so each GPU runs one model at a time). Default:
+        the visible GPUs when the models run on the CUDA provider and `workers` is given.
 
     Notes
     -----
     Per unit the score is the mean over the K repeats of consistency(unperturbed, perturbed);
     per (model, perturbation) the median over scored units, with a paired bootstrap over units
     for the 95% interval and the probability of being best. Units where neither run predicts
-    foreground have no score; a model with no scored unit ranks last.
+    foreground have no score; a model with no scored unit ranks last. For volumes, see
+    `segrank.scoring.volume` for how blocks are predicted, perturbed and scored.
     """
     from tqdm import tqdm
 
-    from .inference.session import create_session, default_threads
+    from .inference.session import CUDA, create_session, default_threads
     from .io.targets import open_target
     from .models import load_bank
     from .models.greybox import rewrite
@@ -380,6 +533,8 @@ def rank(
         "seed": seed,
         "threshold": threshold,
         "block": list(block),
+        "tile": tile if tile is None or isinstance(tile, int) else list(tile),
+        "halo": halo if halo is None or isinstance(halo, int) else list(halo),
         "units": [im.name for im in images],
         "max_images": max_images,
         "device": device,
@@ -388,13 +543,16 @@ def rank(
     run.check_settings(settings)
     done = run.done()
     providers: dict[str, str] = {}
-    threads = default_threads(workers) if workers else None
+    gpus = list(gpus) if gpus else None
+    n_workers = len(gpus) if gpus else workers
+    threads = default_threads(n_workers) if n_workers else None
+    samples: dict[str, object] = {}
 
-    tasks, skipped = [], 0
+    tasks, skipped, dropout_models = [], 0, {}
     for model in models:
         try:
             # Loads the model once here, so that a broken file is reported before any work.
-            _, providers[model.name] = create_session(model, device=device, threads=threads)
+            session, providers[model.name] = create_session(model, device=device, threads=threads)
         except SegrankError as err:
             failures.append({"model": model.name, "stage": "session", "error": str(err)})
             continue
@@ -404,24 +562,44 @@ def rank(
                 dropout_model = model if model.greybox else rewrite(model, tensor="auto")
             except SegrankError as err:
                 failures.append({"model": model.name, "stage": "greybox", "error": str(err)})
+        dropout_models[model.name] = dropout_model
+        possible = [(str(s), r) for s in specs for r in range(repeats) if not (s.is_dropout and dropout_model is None)]
         for im in images:
-            units = tuple(image_units(im.name, im.data.shape, _spatial(im.axes), block))
-            todo = frozenset(
-                (str(s), r)
-                for s in specs
-                for r in range(repeats)
-                if not (s.is_dropout and dropout_model is None)
-                and not all((model.name, str(s), u.name, r) in done for u in units)
-            )
-            if not todo:
-                skipped += 1
+            units = image_units(im.name, im.data.shape, _spatial(im.axes), block)
+            open_pairs = {u.name: frozenset(p for p in possible if (model.name, p[0], u.name, p[1]) not in done) for u in units}
+            pending = [u for u in units if open_pairs[u.name]]
+            if not pending:
+                skipped += 1 if (len(units) == 1 or in_memory) else len(units)
                 continue
-            tasks.append(ScoreTask(model, dropout_model, im, units, todo, tuple(specs), metrics[model.name],
-                                   repeats, seed, threshold, device, threads))
+            if len(_spatial(im.axes)) < 3:
+                tasks.append(ScoreTask(model, dropout_model, im, tuple(units), frozenset().union(*open_pairs.values()),
+                                       tuple(specs), metrics[model.name], repeats, seed, threshold, device, threads,
+                                       tile=tile, halo=halo))
+                continue
+            try:
+                job = _volume_job(model, dropout_model, im, session, specs, metrics[model.name], repeats, seed,
+                                  threshold, device, threads, block, tile, halo, samples)
+            except SegrankError as err:
+                failures.append({"model": model.name, "stage": "predict", "image": im.name, "error": str(err)})
+                continue
+            if in_memory:
+                tasks.append(ScoreTask(model, dropout_model, im, tuple(units), frozenset().union(*open_pairs.values()),
+                                       tuple(specs), metrics[model.name], repeats, seed, threshold, device, threads,
+                                       norm=job.norm, blocking=job.blocking, center=job.center))
+                continue
+            skipped += len(units) - len(pending)
+            tasks += [BlockTask(job, u, open_pairs[u.name]) for u in pending]
 
-    bar = tqdm(total=len(tasks) + skipped, initial=skipped, desc="rank", unit="img", disable=not progress,
+    use_gpu = bool(gpus) or any(p == CUDA for p in providers.values())
+    if use_gpu and workers and not scheduler and not gpus:
+        gpus = visible_gpus() or ["0"]
+        if workers != len(gpus):
+            print(f"segrank: {len(gpus)} GPU worker(s), one per GPU, instead of --workers {workers}", file=sys.stderr)
+    bar = tqdm(total=len(tasks) + skipped, initial=skipped, desc="rank", unit="unit", disable=not progress,
                file=sys.stderr)
-    for result in _execute(tasks, workers=workers, scheduler=scheduler):
+    results = _execute(tasks, workers=workers, scheduler=scheduler, gpus=gpus if not scheduler else None,
+                       require_gpu=bool(scheduler) and (device == "cuda" or bool(gpus)))
+    for result in results:
         if "failure" in result:
             failures.append(result["failure"])
             print(f"segrank: {result['failure']['error']}", file=sys.stderr)
@@ -439,48 +617,97 @@ def rank(
 
     examples = None
     if report:
-        by_name = {t.model.name: t for t in tasks}
         examples = example_tiles(rows, models, images, specs[0], seed=seed, device=device,
-                                 dropout_models={n: t.dropout_model for n, t in by_name.items()})
+                                 dropout_models=dropout_models, block=block, tile=tile, halo=halo)
     write_outputs(ranking, report=report, examples=examples)
     return ranking
 
 
-def example_tiles(rows, models, images, spec, *, seed, device, dropout_models, size=256) -> list[dict]:
+def _volume_job(model, dropout_model, image, session, specs, metric, repeats, seed, threshold, device, threads,
+                block, tile, halo, samples: dict):
+    """The VolumeJob of one (model, volume): whole-volume normalisation (its sample read once
+    per volume, shared by the models), contrast centre and tiling, computed here once."""
+    from .inference.normalize import normalization, sample_image
+    from .inference.predict import _channel_first
+    from .scoring.volume import VolumeJob, normalized_mean, scoring_blocking
+
+    data, _, _, _ = _channel_first(image, None, model)
+    if image.name not in samples:
+        samples[image.name] = sample_image(data)
+    sample = samples[image.name]
+    norm = normalization(model.preprocessing, sample)
+    center = normalized_mean(norm, sample) if any(s.kind == "contrast" for s in specs) else 0.0
+    model_c, blocking = scoring_blocking(model, session, data, block, tile=tile, halo=halo)
+    return VolumeJob(model_c, dropout_model, image, norm, center, blocking, tuple(specs), metric, repeats, seed,
+                     threshold, device, threads)
+
+
+def example_tiles(rows, models, images, spec, *, seed, device, dropout_models, block=(64, 256, 256), tile=None,
+                  halo=None, size=256) -> list[dict]:
     """(image, unperturbed, perturbed) foreground probabilities of the best and the worst scored
-    model on the first image, for the report: what a person looks at to see why."""
-    from .inference.predict import normalize_image, predict_image
-    from .perturb.dropout import channel_mask
+    model on the first image, for the report: what a person looks at to see why. For a volume,
+    its middle scoring block, predicted from the whole volume's tiles (bounded memory)."""
+    from .inference.predict import _read, normalize_image, predict_image
+    from .inference.session import cached_session
+    from .scoring.volume import dropout_mask, predict_region
 
     scored = [r for r in rows if r["perturbation"] == str(spec) and r["score"] is not None]
     if not scored or not images:
         return []
     picks = [("best", scored[0])] + ([("worst", scored[-1])] if len(scored) > 1 else [])
     image = images[0]
-    data = np.asarray(image.data)
+    volume = len(_spatial(image.axes)) >= 3
+    unit = None
+    if volume:
+        units = image_units(image.name, image.data.shape, _spatial(image.axes), block)
+        unit = units[len(units) // 2]
     out = []
     for label, row in picks:
         model = next(m for m in models if m.name == row["name"])
+        dropout_model = dropout_models.get(model.name)
         try:
-            if spec.is_dropout:
-                model = dropout_models.get(model.name) or model
-                if not model.greybox:
-                    continue
-                mask = channel_mask(model.dropout_levels or model.dropout_channels, spec.low,
-                                    rng(seed, model.name, image.name, 0, "dropout"), ndim=model.ndim)
-                perturbed = predict_image(model, data, axes=image.axes, device=device, dropout_mask=mask)
+            if spec.is_dropout and not (dropout_model is not None and dropout_model.greybox):
+                continue
+            if volume:
+                session, _ = cached_session(model, device=device)
+                job = _volume_job(model, dropout_model, image, session, [spec], "nhd", 1, seed, 0.5, device, None,
+                                  block, tile, halo, {})
+                shown = job.dropout_model if spec.is_dropout else job.model
+                if spec.is_dropout:
+                    mask = dropout_mask(shown, spec, seed=seed, unit=unit.name, repeat=0)
+                    perturbed = predict_region(job, unit.region, mask=mask, dropout=True)
+                else:
+                    perturb = make_input_perturbation(spec, seed=seed, model=model.name, unit=image.name, repeat=0,
+                                                      center=job.center)
+                    perturbed = predict_region(job, unit.region, perturb=perturb)
+                unperturbed = predict_region(job, unit.region, dropout=spec.is_dropout)
+                from .inference.predict import _channel_first
+
+                data, _, _, _ = _channel_first(image, None, model)
+                pixels = _read(data, (slice(None),) + unit.region)
+                pixel_axes = "c" + _spatial(image.axes)
+                where = unit.name
             else:
-                center = float(np.mean(normalize_image(model, data, axes=image.axes))) if spec.kind == "contrast" else 0.0
-                perturb = make_input_perturbation(spec, seed=seed, model=model.name, unit=image.name, repeat=0, center=center)
-                perturbed = predict_image(model, data, axes=image.axes, device=device, perturb=perturb)
-            unperturbed = predict_image(model, data, axes=image.axes, device=device)
+                data = np.asarray(image.data)
+                pixels, pixel_axes, where = data, image.axes, image.name
+                if spec.is_dropout:
+                    shown = dropout_model
+                    mask = dropout_mask(shown, spec, seed=seed, unit=image.name, repeat=0)
+                    perturbed = predict_image(shown, data, axes=image.axes, device=device, dropout_mask=mask)
+                else:
+                    shown = model
+                    center = float(np.mean(normalize_image(model, data, axes=image.axes))) if spec.kind == "contrast" else 0.0
+                    perturb = make_input_perturbation(spec, seed=seed, model=model.name, unit=image.name, repeat=0,
+                                                      center=center)
+                    perturbed = predict_image(model, data, axes=image.axes, device=device, perturb=perturb)
+                unperturbed = predict_image(shown, data, axes=image.axes, device=device)
         except SegrankError:
             continue
         out.append({
-            "label": f"{label}: {row['name']} ({row['score']:.3f}) on {image.name}",
-            "image": _thumbnail(data, image.axes, size),
-            "unperturbed": _thumbnail(unperturbed[model.foreground_channel], _spatial(image.axes), size),
-            "perturbed": _thumbnail(perturbed[model.foreground_channel], _spatial(image.axes), size),
+            "label": f"{label}: {row['name']} ({row['score']:.3f}) on {where}",
+            "image": _thumbnail(pixels, pixel_axes, size),
+            "unperturbed": _thumbnail(unperturbed[shown.foreground_channel], _spatial(image.axes), size),
+            "perturbed": _thumbnail(perturbed[shown.foreground_channel], _spatial(image.axes), size),
         })
     return out
 
@@ -499,10 +726,14 @@ def _spatial(axes: str) -> str:
 
 
 def _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed, repeats) -> list[dict]:
-    failed_images: dict[str, int] = {}
+    # images with a failure, per model (a volume counts once, however many of its blocks failed)
+    failed: dict[str, set] = {}
     for f in failures:
-        if f["stage"] in ("session", "predict"):
-            failed_images[f["model"]] = failed_images.get(f["model"], 0) + (1 if f["stage"] == "predict" else len(images))
+        if f["stage"] == "session":
+            failed.setdefault(f["model"], set()).update(im.name for im in images)
+        elif f["stage"] == "predict":
+            failed.setdefault(f["model"], set()).add(f.get("image", "?"))
+    failed_images = {name: len(v) for name, v in failed.items()}
     rows = []
     for spec in specs:
         names, matrix = [], []

@@ -242,6 +242,8 @@ def predict_image(
     batch: int | None = None,
     perturb: Perturb | None = None,
     dropout_mask: np.ndarray | None = None,
+    normalization: Normalization | None = None,
+    blocking: Blocking | None = None,
 ) -> np.ndarray:
     """Predict one image or volume block by block.
 
@@ -263,6 +265,12 @@ def predict_image(
         first pixel (negative inside padding).
     dropout_mask : array, optional
         Fed to the model's dropout-mask input; all ones when omitted.
+    normalization : Normalization, optional
+        The image's normalisation, when already known (e.g. computed once from the whole lazy
+        volume and shared by every block of it); default: computed from `image`.
+    blocking : Blocking, optional
+        The tiling to use, when already chosen (its shape must be the image's spatial shape);
+        it overrides `tile`, `halo` and `batch`.
 
     Returns
     -------
@@ -275,8 +283,15 @@ def predict_image(
     else:
         provider = session.get_providers()[0]
     runner = TileRunner(model, session, provider)
-    model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch, data)
-    norm, _ = image_normalization(model, data)
+    if blocking is None:
+        model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch, data)
+    elif tuple(blocking.shape) != tuple(data.shape[1:]):
+        raise InputError(f"{where}: blocking for shape {tuple(blocking.shape)} given for an image of spatial shape {tuple(data.shape[1:])}")
+    else:
+        model_c = model
+    norm = normalization if normalization is not None else image_normalization(model, data)[0]
+    if len(norm.scale) != data.shape[0]:
+        raise InputError(f"{where}: normalization for {len(norm.scale)} channel(s) given for an image with {data.shape[0]}")
     out = np.empty((model.out_channels,) + tuple(data.shape[1:]), dtype=np.float32)
     slice_wise = len(spatial_axes) > model.ndim
     for block in blocking:
