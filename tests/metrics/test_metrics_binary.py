@@ -209,3 +209,20 @@ def test_bindings_reject_bad_input_without_crashing():
         with pytest.raises(ValueError, match="aligned"):
             _metrics.binary_counts(raw, raw, 0.5, False, 1)
         assert binary_consistency(raw, raw).n_or == 0  # the wrapper copies instead
+
+
+def test_concurrent_calls_from_python_threads():
+    # The bindings release the GIL while counting: calls from several threads run side by side
+    # and each gets its own exact result.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segrank.metrics import contingency_table
+
+    rng = np.random.default_rng(5)
+    pairs = [(rng.random((300, 400), dtype=np.float32), rng.random((300, 400), dtype=np.float32)) for _ in range(6)]
+    labels = [(rng.integers(0, 50, (300, 400)).astype(np.uint32),) * 2 for _ in range(3)]
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda ab: binary_consistency(*ab), pairs))
+        tables = list(pool.map(lambda rt: contingency_table(*rt), labels))
+    assert counts == [binary_consistency(a, b) for a, b in pairs]
+    assert tables == [contingency_table(r, t) for r, t in labels]
