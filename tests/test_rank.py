@@ -151,3 +151,10 @@ def test_cli_error_is_one_line(noise_bank, tmp_path):
     res = CliRunner().invoke(main, ["rank", str(noise_bank), str(empty), "--out", str(tmp_path / "run"), "--no-progress"])
     assert res.exit_code == 2
     assert res.stderr.count("\n") == 1 and "segrank: error:" in res.stderr and str(empty) in res.stderr
+
+
+def test_same_scores_on_a_two_worker_cluster(noise_bank, blob_target, tmp_path):
+    kw = dict(perturbations=["noise:0.1-0.2"], progress=False, n_boot=100, report=False)
+    local = rank(noise_bank, blob_target, out=tmp_path / "local", **kw)
+    cluster = rank(noise_bank, blob_target, out=tmp_path / "cluster", workers=2, **kw)
+    assert [(r["name"], r["score"]) for r in cluster.rows] == [(r["name"], r["score"]) for r in local.rows]
