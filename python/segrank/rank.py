@@ -366,13 +366,15 @@ def gpu_cluster(gpus):
     per GPU, so each GPU runs one model at a time. (On an existing cluster, start GPU workers
     the same way: ``CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nthreads 1 --resources GPU=1``.)
     """
+    import logging
+
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {
         f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
         for g in gpus
     }
-    return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers)
+    return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard": False}}, workers=workers, silence_logs=logging.ERROR)
 
 
 def _execute(tasks: list, *, workers: int | None, scheduler: str | None, gpus=None, require_gpu: bool = False):

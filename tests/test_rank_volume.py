@@ -1,0 +1,306 @@
+"""Volumes scored block by block (scoring/volume.py through rank): exact, bounded, resumable, distributed."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from segrank.inference.blocks import Blocking
+from segrank.rank import RunDirectory, rank
+from segrank.scoring.volume import block_regions, nested_tile, tiles_in
+
+from model_factory import smooth_threshold_model, write_sidecar
+
+sys.path.insert(0, str(Path(__file__).parent / "inference"))
+from conv_nets import conv_model  # noqa: E402
+
+from segrank.models.description import Tiling  # noqa: E402
+
+SHAPE = (14, 36, 44)
+BLOCK = (8, 20, 24)  # 2 x 2 x 2 scoring blocks, cut at the far borders
+N_BLOCKS = 8
+
+
+def blob_volume(shape=SHAPE, seed: int = 0) -> np.ndarray:
+    """uint8 balls of varied size and brightness on a noisy background."""
+    gen = np.random.default_rng(seed)
+    grid = np.indices(shape)
+    vol = np.full(shape, 30.0)
+    for _ in range(14):
+        c = gen.uniform(0, shape)
+        r = gen.uniform(2.5, 6)
+        vol[sum((g - ci) ** 2 for g, ci in zip(grid, c)) <= r * r] = gen.uniform(110, 220)
+    return np.clip(vol + gen.normal(0, 12, shape), 0, 255).astype(np.uint8)
+
+
+def write_volume(path: Path, chunks=(8, 16, 16), shape=SHAPE) -> Path:
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint8", dimension_names=["z", "y", "x"])
+    arr[...] = blob_volume(shape)
+    return path
+
+
+@pytest.fixture
+def volume(tmp_path) -> Path:
+    return write_volume(tmp_path / "vol.zarr")
+
+
+def _bank(tmp_path: Path, kind: str) -> Path:
+    bank = tmp_path / f"bank-{kind}"
+    bank.mkdir()
+    tiling3d = {"multiple_of": [1, 1, 1], "minimum": [1, 1, 1], "halo": [2, 3, 3]}
+    if kind == "3d":
+        write_sidecar(smooth_threshold_model(bank / "smooth3d.onnx", ndim=3, size=3), axes="bczyx", tiling=tiling3d)
+        write_sidecar(smooth_threshold_model(bank / "sharp3d.onnx", ndim=3, size=1, level=0.3), axes="bczyx", tiling=tiling3d)
+    elif kind == "2d":  # 2D models on the volume, slice-wise
+        tiling2d = {"multiple_of": [2, 2], "minimum": [2, 2], "halo": [3, 3]}
+        write_sidecar(smooth_threshold_model(bank / "smooth2d.onnx", size=5), tiling=tiling2d)
+        write_sidecar(smooth_threshold_model(bank / "sharp2d.onnx", size=1, level=0.3), tiling=tiling2d)
+    elif kind == "instance":
+        post = {"kind": "components", "threshold": 0.5, "min_size": 4}
+        write_sidecar(smooth_threshold_model(bank / "inst3d.onnx", ndim=3, size=3), axes="bczyx", tiling=tiling3d,
+                      task="instance", postprocessing=post)
+        write_sidecar(smooth_threshold_model(bank / "inst3d_sharp.onnx", ndim=3, size=1, level=0.4), axes="bczyx",
+                      tiling=tiling3d, task="instance", postprocessing=post)
+    elif kind == "dropout":  # grey-box conv nets (a channel-mask input), 2D slice-wise and 3D
+        return [
+            conv_model(bank / f"{name}.onnx", ndim=ndim, name=name, hidden=6, layers=2, dropout=True, seed=seed,
+                       tiling=Tiling(halo=(2,) * ndim))
+            for name, ndim, seed in (("drop2d", 2, 1), ("drop3d", 3, 2))
+        ]
+    return bank
+
+
+def _per_unit(out: Path) -> dict[tuple, str]:
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = {(r["model"], r["perturbation"], r["unit"], r["repeat"]): r["score"] for r in rows}
+    assert len(table) == len(rows), "a unit was written twice"
+    return table
+
+
+def _ranked(ranking) -> list[tuple]:
+    return [(r["name"], r["perturbation"], r["rank"], r["score"], r["n_scored"]) for r in ranking.rows]
+
+
+KW = dict(block=BLOCK, progress=False, n_boot=50, report=False, device="cpu")
+
+CASES = {
+    "3d-noise-contrast": ("3d", ["noise:0.1-0.2", "contrast:0.7-0.8"], "nhd"),
+    "2d-slicewise-gamma-ei": ("2d", ["gamma:1.5-2", "noise:0.2"], "ei"),
+    "instance-rand": ("instance", ["noise:0.15-0.25"], "rand"),
+    "dropout": ("dropout", ["dropout:0.3"], "nhd"),
+}
+
+
+# tiles nested in the blocks (the default), or given: several per block, crossing block borders
+STRADDLING = {"3d": (7, 16, 20), "2d": (3, 16, 18), "instance": (7, 16, 20)}
+
+
+@pytest.mark.parametrize(
+    "case, tile", [(case, None) for case in CASES] + [(c, "straddling") for c in CASES if CASES[c][0] in STRADDLING]
+)
+def test_blockwise_equals_whole_volume_in_memory(tmp_path, volume, case, tile):
+    kind, perts, metric = CASES[case]
+    bank = _bank(tmp_path, kind)
+    if tile == "straddling":
+        tile = STRADDLING[kind]
+    # nested tiles: two repeats of each perturbation; straddling (many small tiles): one run
+    straddle_perts = {"instance": ["gamma:1.5-2"]}.get(kind, perts[:1])  # noise cells cost per tile: keep it cheap
+    kw = dict(KW, perturbations=perts if tile is None else straddle_perts, metric=metric,
+              repeats=2 if tile is None else 1, tile=tile)
+    memory = rank(bank, volume, out=tmp_path / "memory", in_memory=True, **kw)
+    blocks = rank(bank, volume, out=tmp_path / "blocks", **kw)
+    a, b = _per_unit(tmp_path / "memory"), _per_unit(tmp_path / "blocks")
+    n_models = 2
+    assert len(a) == N_BLOCKS * len(kw["perturbations"]) * kw["repeats"] * n_models
+    assert a == b  # every unit's score, as written (repr of the float)
+    assert _ranked(memory) == _ranked(blocks)
+    scored = [s for s in a.values() if s]
+    assert len(scored) > len(a) // 2 and len(set(scored)) > len(a) // 2  # real, varied scores
+    assert {r["n_units"] for r in blocks.rows} == {N_BLOCKS}
+
+
+def test_scores_do_not_depend_on_storage_chunks_or_tiles(tmp_path):
+    bank = _bank(tmp_path, "3d")
+    kw = dict(KW, perturbations=["noise:0.1-0.2"], metric="nhd")
+    # the same volume (same name: input noise is seeded by it) stored with other chunks
+    (tmp_path / "small").mkdir(), (tmp_path / "whole").mkdir()
+    small = write_volume(tmp_path / "small" / "vol.zarr", chunks=(4, 12, 16))
+    whole = write_volume(tmp_path / "whole" / "vol.zarr", chunks=SHAPE)
+    reference = _per_unit_scores(rank(bank, small, out=tmp_path / "a", **kw))
+    assert _per_unit_scores(rank(bank, whole, out=tmp_path / "b", **kw)) == reference
+    # prediction tiles: nested in the blocks by default, or smaller ones crossing block borders
+    for i, tile in enumerate([(7, 17, 21)]):
+        assert _per_unit_scores(rank(bank, small, out=tmp_path / f"t{i}", tile=tile, **kw)) == reference
+
+
+def _per_unit_scores(ranking) -> dict:
+    return _per_unit(ranking.out)
+
+
+def test_block_task_reads_only_its_block_and_halo(tmp_path, volume, monkeypatch):
+    import segrank.inference.predict as predict
+
+    reads = []
+    original = predict._read
+
+    def spy(data, region):
+        if hasattr(data, "dask"):  # reads of the lazy volume (not of the block's own buffer)
+            reads.append(region[1:])
+        return original(data, region)
+
+    monkeypatch.setattr(predict, "_read", spy)
+    bank = _bank(tmp_path, "3d")
+    rank(bank, volume, out=tmp_path / "run", perturbations=["noise:0.1"], **KW)
+    halo = (2, 3, 3)
+    block_reads = [r for r in reads if tuple(s.stop - s.start for s in r) != SHAPE]  # the normalisation sample is whole here
+    assert len(block_reads) == 2 * N_BLOCKS  # one read per (model, block)
+    regions = block_regions(SHAPE, BLOCK)
+    for read in block_reads:
+        size = [s.stop - s.start for s in read]
+        assert any(
+            all(r.start - h <= s.start <= r.start and r.stop <= s.stop <= r.stop + h for s, r, h in zip(read, reg, halo))
+            for reg in regions
+        ), f"read {read} is more than a block plus its halo ({size})"
+
+
+def test_nested_tiles_and_tiles_in_block():
+    class M:  # the few Model fields nested_tile reads
+        ndim = 3
+
+        class tiling:
+            minimum = (1, 1, 1)
+            multiple_of = (1, 4, 4)
+
+    block = (64, 256, 256)
+    assert nested_tile(M, Blocking((100, 300, 300), (40, 96, 96), (4, 16, 16)), block, slice_wise=False) is None  # nested
+    base = Blocking((100, 300, 300), (40, 100, 100), (4, 16, 16))  # inner 68 straddles 256
+    tile = nested_tile(M, base, block, slice_wise=False)
+    inner = [t - 2 * h for t, h in zip(tile, base.halo)]
+    assert all(b % i == 0 for b, i in zip(block, inner)) and all(t % 4 == 0 for t in tile[1:])
+    assert tile == (40, 96, 96)
+    M.tiling.multiple_of = (1, 5, 5)  # no tile near 100 whose inner divides 256 is a multiple of 5
+    assert nested_tile(M, base, block, slice_wise=False) is None
+    # a 2D model slice-wise: slices per run become a divisor of the block depth
+    class M2:
+        ndim = 2
+
+        class tiling:
+            minimum = (1, 1)
+            multiple_of = (4, 4)
+
+    sw = nested_tile(M2, Blocking((100, 300, 300), (12, 100, 96), (0, 16, 16)), (16, 256, 256), slice_wise=True)
+    assert sw == (8, 96, 96)
+    blocking = Blocking(SHAPE, (10, 14, 14), (1, 2, 2))
+    for region in block_regions(SHAPE, BLOCK):
+        covered = np.zeros(SHAPE, int)
+        for t in tiles_in(blocking, region):
+            covered[t.inner] += 1
+        assert (covered[region] == 1).all()
+
+
+def test_threads_and_two_worker_cluster_agree(tmp_path, volume):
+    bank = _bank(tmp_path, "2d")
+    kw = dict(KW, perturbations=["noise:0.1-0.2", "gamma:1.5-2"])
+    local = rank(bank, volume, out=tmp_path / "here", **kw)
+    cluster = rank(bank, volume, out=tmp_path / "cluster", workers=2, **kw)
+    assert _per_unit(tmp_path / "here") == _per_unit(tmp_path / "cluster")
+    assert _ranked(local) == _ranked(cluster)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import segrank.rank as R
+    original = R.RunDirectory.append
+    calls = []
+    def append(self, rows):
+        original(self, rows)
+        calls.append(1)
+        if len(calls) == 3:  # killed while writing the 4th block's rows: a torn line
+            with self.per_unit.open("a") as f:
+                f.write("smooth3d,noise:0.1-0.2,vol[8:14")
+            os.kill(os.getpid(), signal.SIGKILL)
+    R.RunDirectory.append = append
+    R.rank(sys.argv[1], sys.argv[2], out=sys.argv[3], perturbations=["noise:0.1-0.2"], block=BLOCK,
+           progress=False, report=False, device="cpu", n_boot=50)
+    """
+).replace("BLOCK", repr(BLOCK))
+
+
+def test_killed_run_resumes_without_redoing_finished_blocks(tmp_path, volume):
+    bank = _bank(tmp_path, "3d")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(bank), str(volume), str(out)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    text = (out / "per_image.csv").read_text()
+    assert not text.endswith("\n")  # the torn line is there
+    finished = text.splitlines()[1:4]
+    resumed = rank(bank, volume, out=out, perturbations=["noise:0.1-0.2"], **KW)
+    lines = (out / "per_image.csv").read_text().splitlines()
+    assert lines[1:4] == finished  # finished blocks kept as written, not redone
+    assert len(lines) == 1 + 2 * N_BLOCKS
+    clean = rank(bank, volume, out=tmp_path / "clean", perturbations=["noise:0.1-0.2"], **KW)
+    assert _per_unit(out) == _per_unit(tmp_path / "clean")
+    assert _ranked(resumed) == _ranked(clean)
+
+
+def test_killing_a_gpu_worker_mid_run_loses_no_finished_block(tmp_path):
+    from distributed import Client
+
+    from segrank.rank import GPU, gpu_cluster
+
+    shape, block = (24, 36, 48), (6, 12, 16)  # 36 blocks: the run outlives the kill
+    n_blocks = 36
+    volume = write_volume(tmp_path / "vol.zarr", shape=shape)
+    bank = _bank(tmp_path, "2d")
+    (bank / "sharp2d.onnx").unlink(), (bank / "sharp2d.yaml").unlink()  # one model is enough here
+    kw = dict(KW, block=block, perturbations=["noise:0.1-0.2"])
+    reference = _per_unit(rank(bank, volume, out=tmp_path / "reference", **kw).out)
+
+    out = tmp_path / "run"
+    with gpu_cluster(["0", "1"]) as cluster, Client(cluster) as client:
+        # each worker sees one GPU and declares one GPU resource
+        assert sorted(client.run(os.getenv, "CUDA_VISIBLE_DEVICES").values()) == ["0", "1"]
+        assert [w["resources"] for w in client.scheduler_info()["workers"].values()] == [{GPU: 1}, {GPU: 1}]
+        pids = client.run(os.getpid)
+        state = {}
+        runner = threading.Thread(target=lambda: state.setdefault(
+            "ranking", rank(bank, volume, out=out, scheduler=cluster.scheduler_address, gpus=["0", "1"], **kw)))
+        runner.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (RunDirectory(out).per_unit.exists() and len(RunDirectory(out).done()) >= 2):
+            time.sleep(0.005)
+        restrictions = client.run_on_scheduler(
+            lambda dask_scheduler: [ts.resource_restrictions for ts in dask_scheduler.tasks.values()])
+        busy = [addr for addr, keys in client.processing().items() if keys]
+        before = (out / "per_image.csv").read_text().splitlines()
+        os.kill(pids[busy[0]], signal.SIGKILL)
+        runner.join(300)
+    assert restrictions and all(r == {GPU: 1} for r in restrictions)
+    assert 2 <= len(before) - 1 < n_blocks, "the kill came after the run had finished"
+    after = (out / "per_image.csv").read_text().splitlines()
+    assert after[: len(before)] == before  # nothing finished was lost or rewritten
+    assert _per_unit(out) == reference
+    assert not state["ranking"].failures
+
+
+def test_run_directory_cuts_a_torn_last_line(tmp_path):
+    run = RunDirectory(tmp_path)
+    row = {"model": "m", "perturbation": "noise:0.1", "unit": "u1", "repeat": 0, "score": "0.5", "status": "ok"}
+    run.append([row])
+    with run.per_unit.open("a") as f:
+        f.write("m,noise:0.1,u2,0,0.")
+    assert list(run.done()) == [("m", "noise:0.1", "u1", 0)]
+    run.append([dict(row, unit="u2")])
+    assert [k[2] for k in run.done()] == ["u1", "u2"]
