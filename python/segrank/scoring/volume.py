@@ -252,6 +252,39 @@ class VolumeJob:
     threads: int | None
 
 
+@dataclass(frozen=True)
+class _BlockPixels:
+    """The pixels one scoring block needs, read once: the union of its tiles' reads."""
+
+    tiles: list[Block]
+    box: Region  # where `local` lies in the volume
+    local: np.ndarray  # (C, *box shape), the source dtype
+    slice_wise: bool
+    where: str
+
+    @classmethod
+    def read(cls, job: "VolumeJob", region: Region, where: str) -> "_BlockPixels":
+        from ..inference.predict import _channel_first, _read
+
+        data, spatial_axes, _, source = _channel_first(job.image, None, job.model)
+        tiles = tiles_in(job.blocking, region)
+        box = tuple(
+            slice(min(t.read[a].start for t in tiles), max(t.read[a].stop for t in tiles)) for a in range(len(region))
+        )
+        return cls(tiles, box, _read(data, (slice(None),) + box), len(spatial_axes) > job.model.ndim,
+                   f"{source} {where}")
+
+    def predict(self, job: "VolumeJob", runner, tile: Block, model: Model, perturb=None, mask=None) -> np.ndarray:
+        """`predict_block` of one tile from the local pixels (the tile keeps its global origin)."""
+        from ..inference.predict import predict_block
+
+        shifted = dataclasses.replace(
+            tile, read=tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(tile.read, self.box))
+        )
+        return predict_block(model, runner, self.local, job.norm, shifted, slice_wise=self.slice_wise,
+                             perturb=perturb, dropout_mask=mask, where=self.where)
+
+
 def _score(counts, metric: str) -> float | None:
     if metric == "rand":
         return None if counts.n_foreground == 0 else float(adapted_rand(counts).f)
@@ -282,7 +315,6 @@ def score_block(job: VolumeJob, name: str, region: Region, todo, *, sessions=Non
     predictions are in memory at a time. For ``rand`` the block's probabilities are assembled
     and labelled as a whole (see the module notes).
     """
-    from ..inference.predict import _channel_first, _read, predict_block
     from ..inference.session import TileRunner, cached_session
 
     todo = set(todo)
@@ -314,20 +346,12 @@ def score_block(job: VolumeJob, name: str, region: Region, todo, *, sessions=Non
         if key not in runners:
             runners[key] = runner_for(m)
 
-    data, spatial_axes, _, where = _channel_first(job.image, None, job.model)
-    slice_wise = len(spatial_axes) > job.model.ndim
-    tiles = tiles_in(job.blocking, region)
     # one read for the block: the union of its tiles' reads (the block grown by the halo)
-    box = tuple(slice(min(t.read[a].start for t in tiles), max(t.read[a].stop for t in tiles)) for a in range(len(region)))
-    local = _read(data, (slice(None),) + box)
-    where = f"{where} {name}"
+    pixels = _BlockPixels.read(job, region, name)
+    tiles = pixels.tiles
 
     def predict(tile: Block, model: Model, key: str, perturb=None, mask=None) -> np.ndarray:
-        shifted = dataclasses.replace(
-            tile, read=tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(tile.read, box))
-        )
-        return predict_block(model, runners[key], local, job.norm, shifted, slice_wise=slice_wise,
-                             perturb=perturb, dropout_mask=mask, where=where)
+        return pixels.predict(job, runners[key], tile, model, perturb, mask)
 
     results = {}
     if job.metric in ("nhd", "ei"):
@@ -378,23 +402,18 @@ def score_block(job: VolumeJob, name: str, region: Region, todo, *, sessions=Non
 
 def predict_region(job: VolumeJob, region: Region, *, perturb=None, mask=None, dropout: bool = False) -> np.ndarray:
     """Probabilities (C, *region) of one region, from the whole volume's tiles (for reports)."""
-    from ..inference.predict import _channel_first, _read, predict_block
     from ..inference.session import TileRunner, cached_session
 
     model = job.dropout_model if dropout else job.model
     session, provider = cached_session(model, device=job.device, threads=job.threads)
     runner = TileRunner(model, session, provider)
-    data, spatial_axes, _, where = _channel_first(job.image, None, job.model)
-    slice_wise = len(spatial_axes) > job.model.ndim
-    shape = tuple(r.stop - r.start for r in region)
-    out = np.empty((model.out_channels,) + shape, np.float32)
-    for tile in tiles_in(job.blocking, region):
+    pixels = _BlockPixels.read(job, region, block_name(job.image.name, region))
+    out = np.empty((model.out_channels,) + tuple(r.stop - r.start for r in region), np.float32)
+    for tile in pixels.tiles:
         part = _overlap(tile.inner, region)
-        if part is None:
-            continue
-        probs = predict_block(model, runner, data, job.norm, tile, slice_wise=slice_wise, perturb=perturb,
-                              dropout_mask=mask, where=where)
-        out[(slice(None),) + part[1]] = probs[(slice(None),) + part[0]]
+        if part is not None:
+            probs = pixels.predict(job, runner, tile, model, perturb, mask)
+            out[(slice(None),) + part[1]] = probs[(slice(None),) + part[0]]
     return out
 
 
