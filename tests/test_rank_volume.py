@@ -304,3 +304,22 @@ def test_run_directory_cuts_a_torn_last_line(tmp_path):
     assert list(run.done()) == [("m", "noise:0.1", "u1", 0)]
     run.append([dict(row, unit="u2")])
     assert [k[2] for k in run.done()] == ["u1", "u2"]
+
+
+def test_cli_block_option(tmp_path, volume):
+    import json
+
+    from click.testing import CliRunner
+
+    from segrank.cli import main
+
+    bank = _bank(tmp_path, "3d")
+    args = ["rank", str(bank), str(volume), "--out", str(tmp_path / "run"), "--perturbation", "noise:0.1",
+            "--device", "cpu", "--block", ",".join(map(str, BLOCK)), "--no-progress", "--json"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert {m["n_units"] for m in doc["models"]} == {N_BLOCKS} and doc["settings"]["block"] == list(BLOCK)
+    args[args.index("--out") + 1] = str(tmp_path / "other")
+    res = CliRunner().invoke(main, args[:-4] + ["--block", "8,20", "--no-progress"])
+    assert res.exit_code == 2 and "scoring block" in res.stderr

@@ -74,10 +74,13 @@ def cmake_dir_cmd():
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Run on a dask.distributed LocalCluster of N worker processes.")
 @click.option("--scheduler", default=None, help="Run on an existing dask.distributed scheduler (address).")
+@click.option("--block", default="64,256,256", show_default=True,
+              help="Scoring blocks of a volume, Z,Y,X: each is one unit, scored in bounded memory.")
+@click.option("--in-memory", is_flag=True, help="Predict each volume whole in memory (reference for small volumes).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, workers, scheduler, as_json, no_progress):
+             threshold, workers, scheduler, block, in_memory, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
     from .rank import rank
     from .report import format_table
@@ -90,9 +93,13 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
         bank, target = example_paths()
     elif not (bank and target):
         raise click.UsageError("give BANK and TARGET, or --example")
+    try:
+        block = tuple(int(b) for b in block.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{block!r}: expected three integers Z,Y,X", param_hint="--block") from None
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
-                   scheduler=scheduler, progress=not no_progress)
+                   scheduler=scheduler, block=block, in_memory=in_memory, progress=not no_progress)
     if as_json:
         click.echo(json.dumps(ranking.to_json(), indent=2))
     else:

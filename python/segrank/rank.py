@@ -508,6 +508,9 @@ def rank(
 
     if repeats < 1:
         raise SegrankError(f"--repeats must be >= 1, got {repeats}")
+    block = tuple(block)
+    if len(block) != 3 or not all(isinstance(b, (int, np.integer)) and b >= 1 for b in block):
+        raise SegrankError(f"--block {','.join(map(str, block))}: a scoring block is three positive sizes Z,Y,X")
     run = RunDirectory(Path(out))
     failures: list[dict] = []
     if isinstance(bank, (list, tuple)):
