@@ -122,7 +122,7 @@ class packed_pair_counter {  // both ids fit in 32 bits: one 64-bit key
       if (e.n == 0) {
         e.key = key;
         e.n = n;
-        if (++used_ * 2 > slots_.size()) rehash(slots_.size() * 2);
+        if (++used_ * 4 > slots_.size() * 3) rehash(slots_.size() * 2);  // load <= 3/4
         return;
       }
       if (e.key == key) {
@@ -174,7 +174,7 @@ class wide_pair_counter {  // 64-bit ids
         e.r = r;
         e.s = s;
         e.n = n;
-        if (++used_ * 2 > slots_.size()) rehash(slots_.size() * 2);
+        if (++used_ * 4 > slots_.size() * 3) rehash(slots_.size() * 2);  // load <= 3/4
         return;
       }
       if (e.r == r && e.s == s) {
@@ -557,23 +557,26 @@ class contingency_accumulator {
   }
 
   contingency_table table() const {
-    struct entry {
-      std::uint64_t r, s, n;
-    };
-    std::vector<entry> all;
-    all.reserve(counter_.size());
-    counter_.for_each([&](std::uint64_t r, std::uint64_t s, std::uint64_t n) {
-      all.push_back({detail::canonical_id<R>(r), detail::canonical_id<S>(s), n});
-    });
-    std::sort(all.begin(), all.end(), [](const entry& a, const entry& b) { return a.r < b.r || (a.r == b.r && a.s < b.s); });
+    // Raw ids sort like their canonical forms (sign extension keeps the order of the raw
+    // patterns), so entries are sorted raw, in the narrowest form, then widened on output.
     contingency_table t;
-    t.ref.reserve(all.size());
-    t.test.reserve(all.size());
-    t.count.reserve(all.size());
-    for (const auto& e : all) {
-      t.ref.push_back(e.r);
-      t.test.push_back(e.s);
-      t.count.push_back(e.n);
+    if constexpr (wide) {
+      struct entry {
+        std::uint64_t r, s, n;
+      };
+      std::vector<entry> all;
+      all.reserve(counter_.size());
+      counter_.for_each([&](std::uint64_t r, std::uint64_t s, std::uint64_t n) { all.push_back({r, s, n}); });
+      std::sort(all.begin(), all.end(), [](const entry& a, const entry& b) { return a.r < b.r || (a.r == b.r && a.s < b.s); });
+      reserve(t, all.size());
+      for (const auto& e : all) push(t, e.r, e.s, e.n);
+    } else {
+      std::vector<std::pair<std::uint64_t, std::uint64_t>> all;  // (r << 32 | s, n)
+      all.reserve(counter_.size());
+      counter_.for_each([&](std::uint64_t r, std::uint64_t s, std::uint64_t n) { all.emplace_back((r << 32) | s, n); });
+      std::sort(all.begin(), all.end());
+      reserve(t, all.size());
+      for (const auto& e : all) push(t, e.first >> 32, e.first & 0xffffffffu, e.second);
     }
     return t;
   }
@@ -581,6 +584,17 @@ class contingency_accumulator {
   std::size_t pairs() const { return counter_.size(); }
 
  private:
+  static void reserve(contingency_table& t, std::size_t n) {
+    t.ref.reserve(n);
+    t.test.reserve(n);
+    t.count.reserve(n);
+  }
+  static void push(contingency_table& t, std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+    t.ref.push_back(detail::canonical_id<R>(r));
+    t.test.push_back(detail::canonical_id<S>(s));
+    t.count.push_back(n);
+  }
+
   template <class Fn>
   void run_threads(std::ptrdiff_t total, int requested, Fn&& count_range) {
     const int threads = useful_threads(requested, total, std::ptrdiff_t(1) << 21);
