@@ -15,7 +15,8 @@ Questions (issue 2) and how each is measured:
 * the machine's read bandwidth (a large numpy reduction, and a copy), printed as the physical
   limit, with each binary kernel's share of it (bytes it must read per second / bandwidth).
 
-Throughput is the best of ``--repeats`` runs. Peak extra memory is the rise of the process's
+Throughput is the best of ``--repeats`` runs by wall-clock time (``mvox_s``); one-thread rows
+also give it by process CPU time (``mvox_s_cpu``), less distorted when other jobs share the cores. Peak extra memory is the rise of the process's
 peak RSS (VmHWM, reset through /proc/self/clear_refs) over its RSS before the call, inputs
 already resident. Each row of benchmarks/results/metrics.json has case, method, threads,
 mvox_s, peak_extra_mb and ratio_vs ({baseline: segrank's speed / baseline's speed}, or null).
@@ -79,23 +80,30 @@ def _release_free_heap() -> None:
         pass
 
 
+class Timing:
+    """Best wall-clock and best process-CPU seconds over the repeats, and the peak extra MB."""
+
+    def __init__(self, wall, cpu, extra_mb):
+        self.wall, self.cpu, self.extra_mb = wall, cpu, extra_mb
+
+
 def measure(fn, repeats: int):
-    """(best seconds, peak extra MB, result). Peak extra memory from the first run."""
+    """(Timing, result). Peak extra memory from the first run."""
     _release_free_heap()
     can_peak = _reset_peak()
     before = _status_kb("VmRSS")
-    t0 = time.perf_counter()
-    result = fn()
-    best = time.perf_counter() - t0
-    peak = _status_kb("VmHWM") if can_peak else None
-    extra_mb = (peak - before) / 1024 if (peak is not None and before is not None) else None
-    del result
-    for _ in range(repeats - 1):
-        t0 = time.perf_counter()
+    walls, cpus = [], []
+    for k in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        best = min(best, time.perf_counter() - t0)
-        del result
-    return best, extra_mb, fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+        if k == 0:
+            peak = _status_kb("VmHWM") if can_peak else None
+            extra_mb = (peak - before) / 1024 if (peak is not None and before is not None) else None
+        if k < repeats - 1:
+            del result
+    return Timing(min(walls), min(cpus), extra_mb), result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,15 +235,19 @@ def main(argv=None):
 
     rows: list[dict] = []
 
-    def row(case, method, threads, voxels, seconds, extra_mb, ratio_vs=None, **more):
+    def row(case, method, threads, voxels, timing, ratio_vs=None, **more):
+        seconds, extra_mb = timing.wall, timing.extra_mb
         r = {"case": case, "method": method, "threads": threads, "mvox_s": round(voxels / seconds / 1e6, 1),
              "peak_extra_mb": None if extra_mb is None else round(extra_mb, 1), "ratio_vs": ratio_vs,
              "seconds": round(seconds, 4), **more}
+        if threads == 1:  # CPU time: less distorted than wall time when other jobs share the cores
+            r["mvox_s_cpu"] = round(voxels / max(timing.cpu, 1e-9) / 1e6, 1)
         rows.append(r)
         ratio = "" if not ratio_vs else "  " + ", ".join(f"{v:.1f}x {k}" for k, v in ratio_vs.items())
         extra = "" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:9.1f} MB"
         share = f"  {more['bandwidth_share']:.0%} of read bandwidth" if "bandwidth_share" in more else ""
-        print(f"{case:<26} {method:<26} {threads:>2} thr {r['mvox_s']:>9.1f} Mvox/s {extra}{ratio}{share}", flush=True)
+        cpu = f" ({r['mvox_s_cpu']:.0f} by CPU time)" if "mvox_s_cpu" in r else ""
+        print(f"{case:<26} {method:<28} {threads:>2} thr {r['mvox_s']:>8.1f} Mvox/s{cpu} {extra}{ratio}{share}", flush=True)
         return r
 
     print(f"segrank {segrank.__version__}, SIMD {simd_level()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
@@ -270,20 +282,20 @@ def main(argv=None):
     n = mask_u.size
     print(f"masks: {mask_u.mean():.0%} foreground", flush=True)
     bool_u, bool_p = mask_u.view(bool), mask_p.view(bool)
-    t_np, m_np, ref = measure(lambda: numpy_binary_masks(bool_u, bool_p), 2)
-    row("binary uint8 masks", "numpy xor/or/count", 1, n, t_np, m_np)
+    base, ref = measure(lambda: numpy_binary_masks(bool_u, bool_p), 2)
+    row("binary uint8 masks", "numpy xor/or/count", 1, n, base)
     for threads in (1, 2):
-        t, m, c = measure(lambda: binary_consistency(mask_u, mask_p, threshold=None, threads=threads), args.repeats)
+        t, c = measure(lambda: binary_consistency(mask_u, mask_p, threshold=None, threads=threads), args.repeats)
         assert (c.n_xor, c.n_or) == ref
-        row("binary uint8 masks", "segrank", threads, n, t, m, {"numpy": round(t_np / t, 2)},
-            bandwidth_share=round(2 * n / t / 1e9 / bandwidth, 3))
-    t_np, m_np, ref = measure(lambda: numpy_binary_soft(prob_u, prob_p), 2)
-    row("EI float32 probabilities", "numpy threshold/sqrt/sum", 1, n, t_np, m_np)
+        row("binary uint8 masks", "segrank", threads, n, t, {"numpy": round(base.wall / t.wall, 2)},
+            bandwidth_share=round(2 * n / t.wall / 1e9 / bandwidth, 3))
+    base, ref = measure(lambda: numpy_binary_soft(prob_u, prob_p), 2)
+    row("EI float32 probabilities", "numpy threshold/sqrt/sum", 1, n, base)
     for threads in (1, 2):
-        t, m, c = measure(lambda: binary_consistency(prob_u, prob_p, threshold=0.5, threads=threads), args.repeats)
+        t, c = measure(lambda: binary_consistency(prob_u, prob_p, threshold=0.5, threads=threads), args.repeats)
         assert (c.n_and, c.n_or) == ref[:2] and abs(c.ei_sum - ref[2]) < 1e-6 * ref[2] + 1e-3
-        row("EI float32 probabilities", "segrank", threads, n, t, m, {"numpy": round(t_np / t, 2)},
-            bandwidth_share=round(8 * n / t / 1e9 / bandwidth, 3))
+        row("EI float32 probabilities", "segrank", threads, n, t, {"numpy": round(base.wall / t.wall, 2)},
+            bandwidth_share=round(8 * n / t.wall / 1e9 / bandwidth, 3))
     del mask_u, mask_p, prob_u, prob_p, bool_u, bool_p
 
     # --- contingency tables -------------------------------------------------------------
@@ -308,30 +320,30 @@ def main(argv=None):
             def skimage_rand():
                 return adapted_rand_error(u, p, ignore_labels=())
             try:
-                t_b, m_b, _ = measure(skimage_rand, 1)
-                base["skimage"] = t_b
-                row(case, "skimage adapted_rand_error", 1, n, t_b, m_b)
+                t_b, _ = measure(skimage_rand, 1)
+                base["skimage"] = t_b.wall
+                row(case, "skimage adapted_rand_error", 1, n, t_b)
             except Exception as exc:  # skimage fails on large ids (sparse index overflow)
                 print(f"{case:<26} skimage adapted_rand_error fails: {type(exc).__name__}: {str(exc)[:80]}", flush=True)
                 rows.append({"case": case, "method": "skimage adapted_rand_error", "threads": 1, "mvox_s": None,
                              "peak_extra_mb": None, "ratio_vs": None, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
             if contingency_matrix is not None:
-                t_b, m_b, _ = measure(lambda: contingency_matrix(u.ravel(), p.ravel(), sparse=True), 1)
-                base["sklearn"] = t_b
-                row(case, "sklearn contingency_matrix", 1, n, t_b, m_b)
+                t_b, _ = measure(lambda: contingency_matrix(u.ravel(), p.ravel(), sparse=True), 1)
+                base["sklearn"] = t_b.wall
+                row(case, "sklearn contingency_matrix", 1, n, t_b)
             if rand_index is not None:
-                t_b, m_b, _ = measure(lambda: rand_index(p, u), 1)
-                base["elf"] = t_b
-                row(case, "elf rand_index", 1, n, t_b, m_b)
+                t_b, _ = measure(lambda: rand_index(p, u), 1)
+                base["elf"] = t_b.wall
+                row(case, "elf rand_index", 1, n, t_b)
         for threads in (1, 2):
-            t, m, table = measure(lambda: contingency_table(u, p, threads=threads), args.repeats)
-            ratios = {k: round(v / t, 1) for k, v in base.items()} or None
-            row(case, "segrank contingency_table", threads, n, t, m, ratios, pairs=len(table))
-        t, m, f = measure(lambda: adapted_rand(contingency_table(u, p)).f, args.repeats)
-        ratios = {k: round(v / t, 1) for k, v in base.items()} or None
-        row(case, "segrank table + adapted_rand", 1, n, t, m, ratios, rand_f=round(float(f), 6))
-        t, m, _ = measure(lambda: contingency_table(u, p, exclude_boundary=True), args.repeats)
-        row(case, "segrank table, boundary band", 1, n, t, m)
+            t, table = measure(lambda: contingency_table(u, p, threads=threads), args.repeats)
+            ratios = {k: round(v / t.wall, 1) for k, v in base.items()} or None
+            row(case, "segrank contingency_table", threads, n, t, ratios, pairs=len(table))
+        t, f = measure(lambda: adapted_rand(contingency_table(u, p)).f, args.repeats)
+        ratios = {k: round(v / t.wall, 1) for k, v in base.items()} or None
+        row(case, "segrank table + adapted_rand", 1, n, t, ratios, rand_f=round(float(f), 6))
+        t, _ = measure(lambda: contingency_table(u, p, exclude_boundary=True), args.repeats)
+        row(case, "segrank table, boundary band", 1, n, t)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
