@@ -201,6 +201,9 @@ def test_nested_tiles_and_tiles_in_block():
 
     sw = nested_tile(M2, Blocking((100, 300, 300), (12, 100, 96), (0, 16, 16)), (16, 256, 256), slice_wise=True)
     assert sw == (8, 96, 96)
+    # a graph with a fixed batch keeps it: the tiles may then cross block borders along z
+    assert nested_tile(M2, Blocking((100, 300, 300), (12, 96, 96), (0, 16, 16)), (16, 256, 256), slice_wise=True,
+                       fixed_batch=True) is None
     blocking = Blocking(SHAPE, (10, 14, 14), (1, 2, 2))
     for region in block_regions(SHAPE, BLOCK):
         covered = np.zeros(SHAPE, int)

@@ -377,15 +377,16 @@ def gpu_cluster(gpus):
     return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard": False}}, workers=workers, silence_logs=logging.ERROR)
 
 
-def _execute(tasks: list, *, workers: int | None, scheduler: str | None, gpus=None, require_gpu: bool = False):
+def _execute(tasks: list, *, workers: int | None, scheduler: str | None, gpus=None, want_gpu: bool = False,
+             require_gpu: bool = False):
     """Results of `tasks` as they complete: in this process, or on a dask.distributed cluster
     (a LocalCluster of `workers` processes, or the scheduler at `scheduler`).
 
     With `gpus` (a list of GPU ids) the local cluster is `gpu_cluster(gpus)` and every task
-    requires the ``GPU`` resource. On an existing scheduler, tasks require it when some
-    worker declares it; when none does and `require_gpu`, that is an error. A task whose
-    worker died (killed, out of memory) is retried elsewhere by the scheduler; if it cannot
-    finish it comes back as a failure, and every finished one is already written.
+    requires the ``GPU`` resource. On an existing scheduler, tasks require it when `want_gpu`
+    and some worker declares it; when none does and `require_gpu`, that is an error. A task
+    whose worker died (killed, out of memory) is retried elsewhere by the scheduler; if it
+    cannot finish it comes back as a failure, and every finished one is already written.
     """
     if not workers and not scheduler and not gpus:
         for task in tasks:
@@ -397,7 +398,7 @@ def _execute(tasks: list, *, workers: int | None, scheduler: str | None, gpus=No
     resources = None
     if scheduler:
         client = Client(scheduler)
-        if gpus or require_gpu:
+        if want_gpu or require_gpu:
             infos = client.scheduler_info(n_workers=-1)["workers"].values()
             if any(w.get("resources", {}).get(GPU) for w in infos):
                 resources = {GPU: 1}
@@ -489,7 +490,9 @@ def rank(
     gpus : list of str, optional
         GPU ids for a local cluster of one worker per GPU, each declaring the dask resource
         ``GPU=1`` that every task requires (so each GPU runs one model at a time). Default:
-        the visible GPUs when the models run on the CUDA provider and `workers` is given.
+        the visible GPUs when the models run on the CUDA provider and `workers` is given. On an
+        existing scheduler, tasks require ``GPU=1`` whenever some worker declares it and
+        `device` is not "cpu" (and must find one with `device="cuda"` or `gpus`).
 
     Notes
     -----
@@ -602,8 +605,9 @@ def rank(
             print(f"segrank: {len(gpus)} GPU worker(s), one per GPU, instead of --workers {workers}", file=sys.stderr)
     bar = tqdm(total=len(tasks) + skipped, initial=skipped, desc="rank", unit="unit", disable=not progress,
                file=sys.stderr)
+    # on an existing cluster, tasks need a GPU worker unless --device cpu (when some worker has one)
     results = _execute(tasks, workers=workers, scheduler=scheduler, gpus=gpus if not scheduler else None,
-                       require_gpu=bool(scheduler) and (device == "cuda" or bool(gpus)))
+                       want_gpu=device != "cpu" or bool(gpus), require_gpu=device == "cuda" or bool(gpus))
     for result in results:
         if "failure" in result:
             failures.append(result["failure"])

@@ -89,7 +89,8 @@ def _per_axis(value, n: int, default: int) -> tuple[int, ...]:
     return value * n if len(value) == 1 else value
 
 
-def nested_tile(model: Model, base: Blocking, block: Sequence[int], *, slice_wise: bool) -> tuple[int, ...] | None:
+def nested_tile(model: Model, base: Blocking, block: Sequence[int], *, slice_wise: bool,
+                fixed_batch: bool = False) -> tuple[int, ...] | None:
     """An outer tile shape close to `base`'s whose inner regions nest in the scoring blocks.
 
     When the inner tile divides the scoring block along every axis, no tile straddles two blocks
@@ -107,6 +108,8 @@ def nested_tile(model: Model, base: Blocking, block: Sequence[int], *, slice_wis
         if b >= s or (inner <= b and b % inner == 0):
             continue  # one block along this axis, or already nested
         if slice_wise and axis == 0:
+            if fixed_batch:  # the graph takes exactly this many slices per run
+                continue
             # slices per run: the largest divisor of the block depth up to the chosen batch
             tile[0] = max(d for d in range(1, min(inner, b) + 1) if b % d == 0)
             changed = True
@@ -163,14 +166,15 @@ def scoring_blocking(
         inner tiles nest in scoring blocks. Predicting the whole volume with this blocking and
         scoring it block by block give identical probabilities.
     """
-    from ..inference.predict import _blocking_for
+    from ..inference.predict import _blocking_for, _graph_constraints
 
     spatial = tuple(int(s) for s in data.shape[1:])
     model_c, base = _blocking_for(model, session, spatial, tile, halo, batch, data)
     if tile is not None or model_c.tiling.fixed is not None:
         return model_c, base
     slice_wise = len(spatial) > model.ndim
-    nested = nested_tile(model_c, base, block, slice_wise=slice_wise)
+    fixed_batch = batch is not None or _graph_constraints(model, session)[1] is not None
+    nested = nested_tile(model_c, base, block, slice_wise=slice_wise, fixed_batch=fixed_batch)
     if nested is None:
         return model_c, base
     try:
