@@ -485,10 +485,11 @@ binary_counts binary_consistency(const array_view<T>& a, const array_view<T>& b,
   const detail::pair_walk w = detail::make_pair_walk(a, b, /*merge_axes=*/true);
   const std::ptrdiff_t length = w.row_length(), total = w.rows() * length;
   const int threads = useful_threads(options.threads, total, std::ptrdiff_t(1) << 21);
+  const std::ptrdiff_t chunks = chunk_count(total, threads);
   std::vector<binary_counts> part(static_cast<std::size_t>(threads));
-  parallel_chunks(threads, threads, [&](int, std::ptrdiff_t t0, std::ptrdiff_t) {
-    const std::ptrdiff_t begin = total * t0 / threads, end = total * (t0 + 1) / threads;
-    binary_counts& acc = part[static_cast<std::size_t>(t0)];
+  parallel_chunks(chunks, threads, [&](int t, std::ptrdiff_t chunk) {
+    const std::ptrdiff_t begin = total * chunk / chunks, end = total * (chunk + 1) / chunks;
+    binary_counts& acc = part[static_cast<std::size_t>(t)];
     for (std::ptrdiff_t pos = begin; pos < end;) {
       const std::ptrdiff_t r = pos / length, col = pos % length;
       const std::ptrdiff_t n = std::min(length - col, end - pos);

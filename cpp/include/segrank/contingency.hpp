@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <cstdint>
 #include <stdexcept>
 #include <type_traits>
@@ -598,13 +599,18 @@ class contingency_accumulator {
   template <class Fn>
   void run_threads(std::ptrdiff_t total, int requested, Fn&& count_range) {
     const int threads = useful_threads(requested, total, std::ptrdiff_t(1) << 21);
+    const std::ptrdiff_t chunks = chunk_count(total, threads);
     std::vector<counter> extra(static_cast<std::size_t>(threads - 1));
-    parallel_chunks(threads, threads, [&](int, std::ptrdiff_t t, std::ptrdiff_t) {
-      detail::cached_counter<counter> ctr(t == 0 ? counter_ : extra[static_cast<std::size_t>(t - 1)]);
+    std::vector<std::unique_ptr<detail::cached_counter<counter>>> caches;
+    for (int t = 0; t < threads; ++t)
+      caches.emplace_back(new detail::cached_counter<counter>(t == 0 ? counter_ : extra[static_cast<std::size_t>(t - 1)]));
+    parallel_chunks(chunks, threads, [&](int t, std::ptrdiff_t chunk) {
+      detail::cached_counter<counter>& ctr = *caches[static_cast<std::size_t>(t)];
       detail::run_state st;
-      count_range(total * t / threads, total * (t + 1) / threads, st, ctr);
+      count_range(total * chunk / chunks, total * (chunk + 1) / chunks, st, ctr);
       if (st.len) ctr.add(st.r, st.s, st.len);
     });
+    caches.clear();  // flushes every cache into its counter
     for (const auto& c : extra) c.for_each([&](std::uint64_t r, std::uint64_t s, std::uint64_t n) { counter_.add(r, s, n); });
   }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cmath>
@@ -147,23 +148,27 @@ struct float16 {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Fork-join over [0, n_items): `work(thread_index, begin, end)` runs on `threads` threads
-// (the calling thread included). Exceptions are rethrown in the caller.
+// Fork-join with dynamic scheduling: `threads` threads (the calling thread included) take
+// chunk indices 0..n_chunks-1 from a shared counter and run `work(thread_index, chunk)`; a
+// thread slowed by other jobs on its core simply takes fewer chunks. Exceptions are rethrown in
+// the caller. Which thread runs which chunk varies; callers keep per-thread exact partial sums,
+// so results do not.
 template <class Work>
-void parallel_chunks(std::ptrdiff_t n_items, int threads, Work&& work) {
-  if (threads <= 1 || n_items <= 1) {
-    work(0, std::ptrdiff_t(0), n_items);
+void parallel_chunks(std::ptrdiff_t n_chunks, int threads, Work&& work) {
+  if (threads <= 1 || n_chunks <= 1) {
+    for (std::ptrdiff_t c = 0; c < n_chunks; ++c) work(0, c);
     return;
   }
-  threads = static_cast<int>(std::min<std::ptrdiff_t>(threads, n_items));
+  threads = static_cast<int>(std::min<std::ptrdiff_t>(threads, n_chunks));
+  std::atomic<std::ptrdiff_t> next{0};
   std::vector<std::thread> pool;
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
   auto run = [&](int t) {
-    const std::ptrdiff_t b = n_items * t / threads, e = n_items * (t + 1) / threads;
     try {
-      work(t, b, e);
+      for (std::ptrdiff_t c = next++; c < n_chunks; c = next++) work(t, c);
     } catch (...) {
       errors[static_cast<std::size_t>(t)] = std::current_exception();
+      next = n_chunks;  // stop the others early
     }
   };
   pool.reserve(static_cast<std::size_t>(threads - 1));
@@ -172,6 +177,14 @@ void parallel_chunks(std::ptrdiff_t n_items, int threads, Work&& work) {
   for (auto& th : pool) th.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
+}
+
+// Chunks for `threads` threads over `items` voxels: several per thread (dynamic balance), each
+// large enough (>= 1 Mvoxel) that per-chunk overhead stays small.
+inline std::ptrdiff_t chunk_count(std::ptrdiff_t items, int threads) {
+  if (threads <= 1) return 1;
+  const std::ptrdiff_t by_size = std::max<std::ptrdiff_t>(1, items / (std::ptrdiff_t(1) << 20));
+  return std::min<std::ptrdiff_t>(by_size, std::ptrdiff_t(threads) * 16);
 }
 
 // Threads pay only above a few Mvoxel per call: cap the count so each gets >= min_items.
