@@ -10,7 +10,7 @@ import tifffile
 from click.testing import CliRunner
 
 from segrank.cli import main
-from segrank.rank import rank
+from segrank.ranking import rank
 
 from model_factory import bottleneck_model, nan_model, smooth_threshold_model, write_sidecar
 
@@ -158,3 +158,12 @@ def test_same_scores_on_a_two_worker_cluster(noise_bank, blob_target, tmp_path):
     local = rank(noise_bank, blob_target, out=tmp_path / "local", **kw)
     cluster = rank(noise_bank, blob_target, out=tmp_path / "cluster", workers=2, **kw)
     assert [(r["name"], r["score"]) for r in cluster.rows] == [(r["name"], r["score"]) for r in local.rows]
+
+
+def test_public_api_is_the_function(noise_bank, blob_target, tmp_path):
+    import segrank
+    import segrank.ranking  # importing the module must not shadow the function
+
+    result = segrank.rank(noise_bank, blob_target, out=tmp_path / "run", perturbations=["noise:0.1"], progress=False,
+                          n_boot=20, report=False)
+    assert callable(segrank.rank) and result.rows[0]["name"] == "smooth"

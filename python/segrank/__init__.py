@@ -18,4 +18,25 @@ def cmake_dir() -> str:
     return str(base / "cmake" / "segrank")
 
 
-__all__ = ["__version__", "cmake_dir"]
+# The public API, imported on first use so that `import segrank` (and the CLI) stays light.
+_API = {
+    "rank": ("segrank.ranking", "rank"),
+    "evaluate": ("segrank.evaluate.job", "evaluate"),
+    "validate": ("segrank.evaluate.job", "validate"),
+    "load_model": ("segrank.models", "load_model"),
+    "load_bank": ("segrank.models", "load_bank"),
+    "predict": ("segrank.inference.predict", "predict_image"),
+    "open_target": ("segrank.io.targets", "open_target"),
+}
+
+
+def __getattr__(name):
+    if name in _API:
+        from importlib import import_module
+
+        module, attr = _API[name]
+        return getattr(import_module(module), attr)
+    raise AttributeError(f"module 'segrank' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "cmake_dir", *_API]

@@ -82,7 +82,7 @@ def cmake_dir_cmd():
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
              threshold, workers, scheduler, block, in_memory, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
-    from .rank import rank
+    from .ranking import rank
     from .report import format_table
 
     if example:
