@@ -488,19 +488,24 @@ def plot_sweep(all_results: dict, cfg: Config, path: Path) -> None:
                 s = summary.get(f"{label} {kind}:{v:g}")
                 if s and s["spearman"]["mean"] is not None:
                     xs.append(v), ys.append(s["spearman"]["mean"]), es.append(s["spearman"]["std"])
+            color = None
             if xs:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{task} ({label})")
+                line = ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{task} ({label})")
+                color = line[0].get_color()
             conf = summary.get("baseline:confidence")
             if conf and conf["spearman"]["mean"] is not None:
-                ax.axhline(conf["spearman"]["mean"], ls="--", lw=1, color="grey")
+                ax.axhline(conf["spearman"]["mean"], ls="--", lw=1, color=color or "grey")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xscale("log")
+        ax.set_xticks(list(levels))
+        ax.set_xticklabels([f"{v:g}" for v in levels])
+        ax.minorticks_off()
         ax.set_xlabel("dropout rate p (bottleneck)" if kind == "dropout" else "noise sigma (normalised units)")
         ax.set_title(f"{kind}: mean Spearman over targets (+- std)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Spearman rho vs true performance")
     axes[1].legend(fontsize=8)
-    axes[0].text(0.02, 0.02, "dashed: confidence baseline", transform=axes[0].transAxes, fontsize=8, color="grey")
+    axes[0].text(0.02, 0.02, "dashed: confidence baseline (same colour = same bank)", transform=axes[0].transAxes, fontsize=8, color="grey")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
