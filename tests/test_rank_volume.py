@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from segrank.inference.blocks import Blocking
-from segrank.rank import RunDirectory, rank
+from segrank.ranking import RunDirectory, rank
 from segrank.scoring.volume import block_regions, nested_tile, tiles_in
 
 from model_factory import smooth_threshold_model, write_sidecar
@@ -224,7 +224,7 @@ def test_threads_and_two_worker_cluster_agree(tmp_path, volume):
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    import segrank.rank as R
+    import segrank.ranking as R
     original = R.RunDirectory.append
     calls = []
     def append(self, rows):
@@ -261,7 +261,7 @@ def test_killed_run_resumes_without_redoing_finished_blocks(tmp_path, volume):
 def test_killing_a_gpu_worker_mid_run_loses_no_finished_block(tmp_path):
     from distributed import Client
 
-    from segrank.rank import GPU, gpu_cluster
+    from segrank.ranking import GPU, gpu_cluster
 
     shape, block = (24, 36, 48), (6, 12, 16)  # 36 blocks: the run outlives the kill
     n_blocks = 36
