@@ -431,19 +431,12 @@ def baselines(
     """
     from tqdm import tqdm
 
-    from ..io.targets import open_target
-    from ..models import load_bank
-    from .job import _label_for, _read_labels
+    from .job import load_inputs, read_truth
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models, problems = load_bank(bank) if not isinstance(bank, (list, tuple)) else (list(bank), [])
-    for p in problems:
-        print(f"segrank: {p.message}", file=sys.stderr)
-    images = list(open_target(target, axes=axes).images)
-    truth = None
-    if labels is not None:
-        truth = {im.name: _read_labels(_label_for(im.name, Path(labels))) for im in images}
+    models, images = load_inputs(bank, target, axes=axes)
+    truth = read_truth(images, Path(labels)) if labels is not None else None
     bar = tqdm(total=len(models) * len(images), desc="baselines", unit="img", disable=not progress, file=sys.stderr)
     scores, per_image, notes = {}, [], {}
     for model in models:

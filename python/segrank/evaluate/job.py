@@ -33,6 +33,22 @@ def _read_labels(path: Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
+def load_inputs(bank, target, *, axes: str | None = None) -> tuple[list, list]:
+    """The usable models of `bank` (problems reported on stderr) and the images of `target`."""
+    from ..io.targets import open_target
+    from ..models import load_bank
+
+    models, problems = load_bank(bank) if not isinstance(bank, (list, tuple)) else (list(bank), [])
+    for p in problems:
+        print(f"segrank: {p.message}", file=sys.stderr)
+    return models, list(open_target(target, axes=axes).images)
+
+
+def read_truth(images, labels: Path) -> dict[str, np.ndarray]:
+    """Label image per target image, matched by file name."""
+    return {im.name: _read_labels(_label_for(im.name, Path(labels))) for im in images}
+
+
 def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | None = None,
              threshold: float = 0.5, progress: bool = True) -> list[dict]:
     """True performance of every model of `bank` on `target` against `labels`.
@@ -45,18 +61,13 @@ def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | Non
 
     from ..inference.predict import predict_image
     from ..inference.session import create_session
-    from ..io.targets import open_target
-    from ..models import load_bank
     from ..postprocess import instance_labels
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models, problems = load_bank(bank) if not isinstance(bank, (list, tuple)) else (list(bank), [])
-    for p in problems:
-        print(f"segrank: {p.message}", file=sys.stderr)
-    images = list(open_target(target, axes=axes).images)
+    models, images = load_inputs(bank, target, axes=axes)
     labels = Path(labels)
-    truth = {im.name: _read_labels(_label_for(im.name, labels)) for im in images}
+    truth = read_truth(images, labels)
     rows, per_image = [], []
     bar = tqdm(total=len(models) * len(images), desc="evaluate", unit="img", disable=not progress, file=sys.stderr)
     for model in models:
