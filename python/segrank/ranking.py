@@ -374,7 +374,8 @@ def gpu_cluster(gpus):
         f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
         for g in gpus
     }
-    return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard": False}}, workers=workers, silence_logs=logging.ERROR)
+    scheduler = {"cls": Scheduler, "options": {"dashboard": False, "dashboard_address": ":0"}}
+    return SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.ERROR)
 
 
 def _execute(tasks: list, *, workers: int | None, scheduler: str | None, gpus=None, want_gpu: bool = False,
