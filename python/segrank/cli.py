@@ -62,10 +62,13 @@ def cmake_dir_cmd():
 @click.option("--example", is_flag=True, help="Rank the bundled example bank on the bundled DSB2018 nuclei images.")
 @click.option("--perturbation", "perturbations", multiple=True,
               help="dropout:P, noise:LO-HI, gamma:LO-HI, brightness:LO-HI or contrast:LO-HI (repeatable). "
-                   "Default: dropout:0.2 at the bottleneck when every model allows it, else noise:0.1-0.2.")
+                   "Default: dropout:0.2 at the bottleneck when every model allows it, else noise:0.1-0.2. "
+                   "Each is ranked on its own; they share the unperturbed run of each model and image "
+                   "(dropout: that of the grey-box graph).")
 @click.option("--metric", type=click.Choice(["auto", "nhd", "ei", "rand"]), default="auto", show_default=True,
               help="auto: rand for instance models, nhd for semantic ones.")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Perturbed runs per image.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Perturbed runs per image; a rerun into the same --out with more repeats computes only the new ones.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Score a seeded random subset of N images.")
@@ -77,10 +80,14 @@ def cmake_dir_cmd():
 @click.option("--block", default="64,256,256", show_default=True,
               help="Scoring blocks of a volume, Z,Y,X: each is one unit, scored in bounded memory.")
 @click.option("--in-memory", is_flag=True, help="Predict each volume whole in memory (reference for small volumes).")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Keep every prediction (unperturbed and perturbed) in this Zarr v3 folder, keyed by its content: "
+                   "later runs with the same cache, into any --out, reuse them and compute only what changed. "
+                   "Default: no cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, workers, scheduler, block, in_memory, as_json, no_progress):
+             threshold, workers, scheduler, block, in_memory, cache, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
     from .ranking import rank
     from .report import format_table
@@ -99,10 +106,17 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
         raise click.BadParameter(f"{block!r}: expected three integers Z,Y,X", param_hint="--block") from None
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
-                   scheduler=scheduler, block=block, in_memory=in_memory, progress=not no_progress)
+                   scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress)
+    if cache and not no_progress:
+        p = ranking.predictions
+        click.echo(f"segrank: cache {cache}: {p['reused']} tile predictions reused, {p['computed']} computed", err=True)
     if as_json:
         click.echo(json.dumps(ranking.to_json(), indent=2))
     else:
+        n_perts = len(ranking.settings["perturbations"])
+        if n_perts > 1:
+            click.echo(f"{n_perts} perturbation settings, each ranked on its own "
+                       "(one unperturbed run per model and image, shared):\n")
         click.echo(format_table(ranking.rows))
         for f in ranking.failures:
             click.echo(f"failed: {f['model']} ({f['stage']}): {f['error']}", err=True)

@@ -15,7 +15,6 @@ blockwise path equals exactly (same tiles, same normalisation, same per-block dr
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import sys
@@ -25,15 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import PredictionError, SegrankError
+from .errors import SegrankError
 from .models.description import Model
-from .perturb.input import PerturbationSpec, default_perturbation, make_input_perturbation
+from .perturb.input import PerturbationSpec, default_perturbation
 from .perturb.seeds import rng
 from .scoring import aggregate, prediction_for_metric, ranking_order, resolve_metric, unit_consistency
+from .scoring.options import ScoringOptions
 
 PER_UNIT_FIELDS = ("model", "perturbation", "unit", "repeat", "score", "status")
 # Settings whose change alters results: a run directory refuses to resume under other values.
-RESULT_SETTINGS = ("perturbations", "metric", "repeats", "seed", "threshold", "units", "block", "tile", "halo")
+# (Repeats are not among them: repeat r is drawn the same whatever K is, so a larger K extends.)
+RESULT_SETTINGS = ("perturbations", "metric", "seed", "threshold", "units", "block", "tile", "halo")
 GPU = "GPU"  # the dask.distributed resource a GPU worker declares (one per GPU)
 
 
@@ -47,7 +48,8 @@ class Unit:
 
 
 class RunDirectory:
-    """DIR of a ranking: settings.json, per_unit.csv (appended as results come) and failures."""
+    """DIR of a ranking: settings.json, per_image.csv (one row per unit and repeat, appended as
+    results come) and the outputs."""
 
     def __init__(self, out: Path):
         self.out = Path(out)
@@ -55,10 +57,17 @@ class RunDirectory:
         self.per_unit = self.out / "per_image.csv"
 
     def check_settings(self, settings: dict) -> None:
+        """Refuse to resume a ranking made with other result settings, then record `settings`.
+
+        More repeats than before extend the ranking (the repeats done are kept); fewer are
+        refused, since the folder's per-image scores would mix both.
+        """
         path = self.out / "settings.json"
         if path.exists():
             old = json.loads(path.read_text())
             diff = [k for k in RESULT_SETTINGS if old.get(k) != settings.get(k)]
+            if old.get("repeats", 1) > settings["repeats"]:
+                diff.append(f"repeats {old['repeats']} > {settings['repeats']}")
             changed = [
                 name for name, info in settings.get("models", {}).items()
                 if name in old.get("models", {}) and old["models"][name].get("sha256") != info.get("sha256")
@@ -105,11 +114,10 @@ class RunDirectory:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    """Short sha256 of a model file (settings.json: a resumed run must use the same files)."""
+    from .inference.predict import file_sha256
+
+    return file_sha256(path)[:16]
 
 
 def choose_perturbations(specs: list[str], models: list[Model]) -> list[PerturbationSpec]:
@@ -140,130 +148,13 @@ def image_units(name: str, shape: tuple[int, ...], spatial_axes: str, block: tup
     return [Unit(block_name(name, region), name, region) for region in block_regions(shape[-3:], block)]
 
 
-def _check_finite(prob: np.ndarray, model: Model, image: str) -> np.ndarray:
-    if not np.isfinite(prob).all():
-        raise PredictionError(f"{model.name}: NaN or infinite output on image {image}")
-    return prob
-
-
-def score_image(
-    model: Model,
-    image_name: str,
-    data: np.ndarray,
-    axes: str,
-    units: list[Unit],
-    specs: list[PerturbationSpec],
-    *,
-    metric: str,
-    repeats: int,
-    seed: int,
-    threshold: float,
-    session,
-    dropout_model: Model | None,
-    dropout_session,
-    todo: set[tuple[str, int]] | None = None,
-    normalization=None,
-    blocking=None,
-    center: float | None = None,
-    tile=None,
-    halo=None,
-) -> list[dict]:
-    """All rows for one (model, image), the image predicted whole, in memory.
-
-    One unperturbed run is shared by every perturbation and repeat; `todo` limits the work to
-    (perturbation, repeat) pairs not yet done (resume). Each unit (the image, or a scoring
-    block of a volume) compares its crop of the two runs; for ``rand`` the instance labels are
-    computed per unit, from the unit's crop of the probabilities. Dropout masks are drawn per
-    unit (`scoring.volume`), so under dropout a volume is predicted once per block: this is the
-    reference path for volumes small enough to hold, which the blockwise path equals exactly
-    when given the same `normalization`, `blocking` and `center`.
-    """
-    from .inference.predict import normalize_image, predict_image
-    from .scoring.volume import dropout_mask
-
-    options = dict(axes=axes, normalization=normalization, blocking=blocking, tile=tile, halo=halo)
-    baselines: dict[str, np.ndarray] = {}
-
-    def baseline(m: Model, sess) -> np.ndarray:
-        # The unperturbed and the perturbed run go through the same graph, so rounding
-        # differences between graphs never count as inconsistency.
-        key = m.name + str(m.greybox)
-        if key not in baselines:
-            baselines[key] = _check_finite(predict_image(m, data, session=sess, **options), m, image_name)
-        return baselines[key]
-
-    def unit_score(m: Model, reference: np.ndarray, perturbed: np.ndarray, unit: Unit) -> float | None:
-        crop = (slice(None),) + (unit.region or ())
-        return unit_consistency(
-            prediction_for_metric(reference[crop], m, metric), prediction_for_metric(perturbed[crop], m, metric),
-            metric=metric, threshold=threshold,
-        )
-
-    rows = []
-    for spec in specs:
-        for repeat in range(repeats):
-            if todo is not None and (str(spec), repeat) not in todo:
-                continue
-            scores = {}
-            if spec.is_dropout:
-                if dropout_model is None:
-                    continue
-                m, sess = dropout_model, dropout_session
-                reference = baseline(m, sess)
-                for unit in units:
-                    mask = dropout_mask(m, spec, seed=seed, unit=unit.name, repeat=repeat)
-                    prob = _check_finite(predict_image(m, data, session=sess, dropout_mask=mask, **options), m, image_name)
-                    scores[unit.name] = unit_score(m, reference, prob, unit)
-            else:
-                m, sess = model, session
-                if center is None and spec.kind == "contrast":
-                    center = float(np.mean(normalize_image(m, data, axes=axes)))
-                perturb = make_input_perturbation(
-                    spec, seed=seed, model=m.name, unit=image_name, repeat=repeat, center=center or 0.0
-                )
-                prob = _check_finite(predict_image(m, data, session=sess, perturb=perturb, **options), m, image_name)
-                reference = baseline(m, sess)
-                for unit in units:
-                    scores[unit.name] = unit_score(m, reference, prob, unit)
-            for unit in units:
-                score = scores[unit.name]
-                rows.append(
-                    {
-                        "model": model.name,
-                        "perturbation": str(spec),
-                        "unit": unit.name,
-                        "repeat": repeat,
-                        "score": "" if score is None else repr(score),
-                        "status": "ok" if score is not None else "no-foreground",
-                    }
-                )
-    return rows
-
-
-@dataclass
-class Ranking:
-    """The result of `rank`: the rows of ranking.json plus where everything was written."""
-
-    rows: list[dict]
-    settings: dict
-    failures: list[dict]
-    out: Path
-
-    def to_json(self) -> dict:
-        return {
-            "models": self.rows,
-            "settings": self.settings,
-            "failures": self.failures,
-            "segrank_version": __version__,
-        }
-
-
 @dataclass(frozen=True)
 class ScoreTask:
     """The work for one (model, image) predicted whole: picklable (no sessions).
 
-    For a volume on the in-memory path, `norm`, `blocking` and `center` come from the whole
-    lazy volume (as for the blockwise path); for a 2D image they are None and computed from it.
+    For a volume on the in-memory path, `norm`, `blocking`, `center` and `digest` come from the
+    whole lazy volume (as for the blockwise path); for a 2D image they are None and computed
+    from it.
     """
 
     model: Model
@@ -271,16 +162,11 @@ class ScoreTask:
     image: object  # TargetImage: lazy pixels, reopened on the worker
     units: tuple[Unit, ...]
     todo: frozenset
-    specs: tuple[PerturbationSpec, ...]
-    metric: str
-    repeats: int
-    seed: int
-    threshold: float
-    device: str
-    threads: int | None
+    options: ScoringOptions
     norm: object = None
     blocking: object = None
     center: float | None = None
+    digest: str | None = None
     tile: object = None
     halo: object = None
 
@@ -291,25 +177,166 @@ class ScoreTask:
         return {"model": self.model.name, "image": self.image.name}
 
 
+@dataclass(frozen=True)
+class _Graph:
+    """The model or its grey-box rewrite, as one whole image is predicted through it."""
+
+    model: Model
+    session: object
+    data: np.ndarray  # channel-first (C, *spatial)
+    norm: object
+    blocking: object
+    digest: str
+
+
+class WholeImage:
+    """The runs of one (model, image) predicted whole, in memory.
+
+    One unperturbed run per graph (the model; its grey-box rewrite for dropout), shared by every
+    perturbation and repeat. With a cache, each run is read back when stored and stored when
+    computed. Used for 2D images and for volumes on the in-memory path (the reference that the
+    blockwise path equals exactly when given the same normalisation, tiling and centre).
+    """
+
+    def __init__(self, task: ScoreTask, data: np.ndarray | None = None):
+        self.task = task
+        self.pixels = np.asarray(task.image.data) if data is None else data
+        self.graphs: dict[str, _Graph] = {}
+        self.baselines: dict[str, np.ndarray] = {}
+        self.center = task.center
+        self.reused = self.computed = 0
+
+    def graph(self, name: str) -> _Graph:
+        from .inference.normalize import normalization, sample_image
+        from .inference.predict import _blocking_for, _channel_first
+        from .inference.session import cached_session
+        from .scoring.cache import input_identity
+
+        if name not in self.graphs:
+            task, options = self.task, self.task.options
+            model = task.dropout_model if name == "dropout" else task.model
+            session, _ = cached_session(model, device=options.device, threads=options.threads)
+            data, _, _, _ = _channel_first(self.pixels, task.image.axes, model)
+            if task.norm is not None:
+                norm, digest = task.norm, task.digest
+            else:
+                sample = sample_image(data)
+                norm = normalization(model.preprocessing, sample)
+                digest = input_identity(sample.digest, complete=sample.complete, source=task.image.source,
+                                        name=task.image.name)
+            blocking = task.blocking
+            if blocking is None:
+                _, blocking = _blocking_for(model, session, data.shape[1:], task.tile, task.halo, None, data)
+            self.graphs[name] = _Graph(model, session, data, norm, blocking, digest)
+        return self.graphs[name]
+
+    def predict(self, spec: PerturbationSpec | None = None, repeat: int = 0, unit: str | None = None,
+                *, graph: str = "model") -> np.ndarray:
+        """Probabilities (C, *spatial) of the unperturbed run of `graph` (`spec` None), or of
+        (`spec`, `repeat`) for `unit` (whose name seeds a dropout mask)."""
+        from .inference.predict import predict_image
+        from .scoring.runs import plan_run
+
+        graph = "dropout" if spec is not None and spec.is_dropout else graph
+        g = self.graph(graph)
+        if spec is not None and spec.kind == "contrast" and self.center is None:
+            self.center = float(np.mean(g.norm.apply(g.data)))  # of the image as the model sees it
+        run = plan_run(g.model, spec, repeat, options=self.task.options, image=self.task.image.name,
+                       unit=unit or self.task.image.name, center=self.center or 0.0, norm=g.norm,
+                       blocking=g.blocking, digest=g.digest, graph=graph)
+        if run.stored is not None and run.stored.complete:
+            self.reused += len(g.blocking)
+            return run.stored.read()
+        prob = predict_image(g.model, g.data, axes="c" + "zyx"[-(g.data.ndim - 1):], session=g.session,
+                             perturb=run.perturb, dropout_mask=run.mask, normalization=g.norm, blocking=g.blocking)
+        self.computed += len(g.blocking)
+        if run.stored is not None:
+            run.stored.write(prob)
+        return prob
+
+    def baseline(self, graph: str) -> np.ndarray:
+        if graph not in self.baselines:
+            self.baselines[graph] = self.predict(graph=graph)
+        return self.baselines[graph]
+
+
+def score_image(task: ScoreTask, data: np.ndarray | None = None, counts: dict | None = None) -> list[dict]:
+    """All rows for one (model, image), the image predicted whole, in memory.
+
+    Only the (perturbation, repeat) pairs in `task.todo` are scored (resume, more repeats).
+    Each unit (the image, or a scoring block of a volume) compares its crop of the two runs; for
+    ``rand`` the instance labels are computed per unit, from the unit's crop of the
+    probabilities. Dropout masks are drawn per unit, so under dropout a volume is predicted once
+    per block. `counts` is updated with the tile predictions reused from the cache and computed.
+    """
+    from .scoring.volume import unit_row
+
+    image = WholeImage(task, data)
+    options = task.options
+    rows = []
+    for spec, repeat in options.runs(task.todo, dropout=task.dropout_model is not None):
+        graph = "dropout" if spec.is_dropout else "model"
+        scores = {}
+        prob = None if spec.is_dropout else image.predict(spec, repeat)
+        for unit in task.units:
+            if spec.is_dropout:  # a mask per unit: the whole image per unit
+                prob = image.predict(spec, repeat, unit.name)
+            crop = (slice(None),) + (unit.region or ())
+            model = image.graph(graph).model
+            scores[unit.name] = unit_consistency(
+                prediction_for_metric(image.baseline(graph)[crop], model, options.metric),
+                prediction_for_metric(prob[crop], model, options.metric),
+                metric=options.metric, threshold=options.threshold,
+            )
+        rows += [unit_row(task.model.name, spec, unit.name, repeat, scores[unit.name]) for unit in task.units]
+    if counts is not None:
+        counts["reused"] = counts.get("reused", 0) + image.reused
+        counts["computed"] = counts.get("computed", 0) + image.computed
+    return rows
+
+
+@dataclass
+class Ranking:
+    """The result of `rank`: the rows of ranking.json plus where everything was written.
+
+    `predictions` counts the tile predictions computed and reused from the cache in this run
+    (not written to ranking.json: it depends on what earlier runs left).
+    """
+
+    rows: list[dict]
+    settings: dict
+    failures: list[dict]
+    out: Path
+    predictions: dict | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "models": self.rows,
+            "settings": self.settings,
+            "failures": self.failures,
+            "perturbations": _per_perturbation(self.rows),
+            "segrank_version": __version__,
+        }
+
+
+def _per_perturbation(rows: list[dict]) -> list[dict]:
+    """Each perturbation setting is ranked on its own: its order and whether #1 stands apart."""
+    out = []
+    for pert in dict.fromkeys(r["perturbation"] for r in rows):
+        block = sorted((r for r in rows if r["perturbation"] == pert), key=lambda r: r["rank"])
+        out.append({"perturbation": pert, "ranking": [r["name"] for r in block],
+                    "top_two_separated": block[0].get("top_two_separated")})
+    return out
+
+
 def run_score_task(task: ScoreTask) -> dict:
     """Score one (model, image) in this process; failures come back as data, not exceptions."""
-    from .inference.session import cached_session
-
+    counts: dict = {}
     try:
-        session, _ = cached_session(task.model, device=task.device, threads=task.threads)
-        dropout_session = None
-        if task.dropout_model is not None:
-            dropout_session, _ = cached_session(task.dropout_model, device=task.device, threads=task.threads)
-        data = np.asarray(task.image.data)
-        rows = score_image(
-            task.model, task.image.name, data, task.image.axes, list(task.units), list(task.specs),
-            metric=task.metric, repeats=task.repeats, seed=task.seed, threshold=task.threshold,
-            session=session, dropout_model=task.dropout_model, dropout_session=dropout_session, todo=set(task.todo),
-            normalization=task.norm, blocking=task.blocking, center=task.center, tile=task.tile, halo=task.halo,
-        )
+        rows = score_image(task, counts=counts)
     except SegrankError as err:
         return {"failure": dict(task.describe(), stage="predict", error=str(err))}
-    return {"rows": rows}
+    return {"rows": rows, "predictions": counts}
 
 
 @dataclass(frozen=True)
@@ -331,11 +358,12 @@ def run_block_task(task: BlockTask) -> dict:
     """Score one scoring block in this process; failures come back as data, not exceptions."""
     from .scoring.volume import score_block
 
+    counts: dict = {}
     try:
-        rows = score_block(task.job, task.unit.name, task.unit.region, task.todo)
+        rows = score_block(task.job, task.unit.name, task.unit.region, task.todo, counts=counts)
     except SegrankError as err:
         return {"failure": dict(task.describe(), stage="predict", error=str(err))}
-    return {"rows": rows}
+    return {"rows": rows, "predictions": counts}
 
 
 def _run_task(task) -> dict:
@@ -451,6 +479,7 @@ def rank(
     workers: int | None = None,
     scheduler: str | None = None,
     gpus=None,
+    cache=None,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -464,14 +493,17 @@ def rank(
     target : path
         A folder of images, a stack, or a Zarr/HDF5 volume (see segrank.io.targets).
     out : path
-        Run directory; results are written as they come and a rerun resumes.
+        Run directory; results are written as they come and a rerun resumes (a rerun with more
+        `repeats` keeps the repeats done and computes only the new ones).
     perturbations : list of str
         Specs such as ``dropout:0.2`` or ``noise:0.1-0.2``; default: dropout at the bottleneck
-        when every model allows it, else Gaussian noise (method.md).
+        when every model allows it, else Gaussian noise (method.md). Each setting is scored and
+        ranked on its own; all share one unperturbed run per (model, image).
     metric : {"auto", "nhd", "ei", "rand"}
         auto: rand for instance models, nhd for semantic ones.
     repeats : int
-        Perturbed runs per unit (K); the unperturbed run is shared.
+        Perturbed runs per unit (K); the unperturbed run is shared. Repeat r is drawn from
+        (seed, model, unit, r), so the first K repeats of a larger run equal a run with K.
     seed : int
         Seeds every draw with (seed, model, unit, repeat).
     max_images : int, optional
@@ -494,6 +526,11 @@ def rank(
         the visible GPUs when the models run on the CUDA provider and `workers` is given. On an
         existing scheduler, tasks require ``GPU=1`` whenever some worker declares it and
         `device` is not "cpu" (and must find one with `device="cuda"` or `gpus`).
+    cache : path, optional
+        A folder (Zarr v3 group) that keeps every prediction, unperturbed and perturbed, keyed
+        by its content (`segrank.scoring.cache`): another run with the same cache, into any
+        `out`, computes only the predictions not stored yet and gives the same scores. Default:
+        no cache (a rerun into the same `out` still resumes from its per-image scores).
 
     Notes
     -----
@@ -509,6 +546,8 @@ def rank(
     from .io.targets import open_target
     from .models import load_bank
     from .models.greybox import rewrite
+
+    from .scoring.cache import PredictionCache
 
     if repeats < 1:
         raise SegrankError(f"--repeats must be >= 1, got {repeats}")
@@ -547,9 +586,13 @@ def rank(
         "units": [im.name for im in images],
         "max_images": max_images,
         "device": device,
+        "cache": str(cache) if cache is not None else None,
         "models": {m.name: {"file": str(m.path), "sha256": file_digest(m.path)} for m in models},
     }
     run.check_settings(settings)
+    prediction_cache = PredictionCache(cache) if cache is not None else None
+    if prediction_cache is not None:
+        prediction_cache.store  # a folder that is no Zarr group is refused before any work
     done = run.done()
     providers: dict[str, str] = {}
     gpus = list(gpus) if gpus else None
@@ -557,7 +600,7 @@ def rank(
     threads = default_threads(n_workers) if n_workers else None
     samples: dict[str, object] = {}
 
-    tasks, skipped, dropout_models = [], 0, {}
+    tasks, skipped, dropout_models, volume_jobs = [], 0, {}, {}
     for model in models:
         try:
             # Loads the model once here, so that a broken file is reported before any work.
@@ -572,6 +615,8 @@ def rank(
             except SegrankError as err:
                 failures.append({"model": model.name, "stage": "greybox", "error": str(err)})
         dropout_models[model.name] = dropout_model
+        options = ScoringOptions(tuple(specs), metrics[model.name], repeats, seed, threshold, device, threads,
+                                 prediction_cache)
         possible = [(str(s), r) for s in specs for r in range(repeats) if not (s.is_dropout and dropout_model is None)]
         for im in images:
             units = image_units(im.name, im.data.shape, _spatial(im.axes), block)
@@ -580,21 +625,18 @@ def rank(
             if not pending:
                 skipped += 1 if (len(units) == 1 or in_memory) else len(units)
                 continue
+            todo = frozenset().union(*open_pairs.values())
             if len(_spatial(im.axes)) < 3:
-                tasks.append(ScoreTask(model, dropout_model, im, tuple(units), frozenset().union(*open_pairs.values()),
-                                       tuple(specs), metrics[model.name], repeats, seed, threshold, device, threads,
-                                       tile=tile, halo=halo))
+                tasks.append(ScoreTask(model, dropout_model, im, tuple(units), todo, options, tile=tile, halo=halo))
                 continue
             try:
-                job = _volume_job(model, dropout_model, im, session, specs, metrics[model.name], repeats, seed,
-                                  threshold, device, threads, block, tile, halo, samples)
+                job = _volume_job(model, dropout_model, im, session, options, block, tile, halo, samples)
             except SegrankError as err:
                 failures.append({"model": model.name, "stage": "predict", "image": im.name, "error": str(err)})
                 continue
             if in_memory:
-                tasks.append(ScoreTask(model, dropout_model, im, tuple(units), frozenset().union(*open_pairs.values()),
-                                       tuple(specs), metrics[model.name], repeats, seed, threshold, device, threads,
-                                       norm=job.norm, blocking=job.blocking, center=job.center))
+                tasks.append(ScoreTask(model, dropout_model, im, tuple(units), todo, options, norm=job.norm,
+                                       blocking=job.blocking, center=job.center, digest=job.digest))
                 continue
             skipped += len(units) - len(pending)
             tasks += [BlockTask(job, u, open_pairs[u.name]) for u in pending]
@@ -609,11 +651,14 @@ def rank(
     # on an existing cluster, tasks need a GPU worker unless --device cpu (when some worker has one)
     results = _execute(tasks, workers=workers, scheduler=scheduler, gpus=gpus if not scheduler else None,
                        want_gpu=device != "cpu" or bool(gpus), require_gpu=device == "cuda" or bool(gpus))
+    predictions = {"reused": 0, "computed": 0}
     for result in results:
         if "failure" in result:
             failures.append(result["failure"])
             print(f"segrank: {result['failure']['error']}", file=sys.stderr)
         else:
+            for k, n in result.get("predictions", {}).items():
+                predictions[k] += n
             run.append(result["rows"])
             for row in result["rows"]:
                 done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
@@ -622,23 +667,24 @@ def rank(
 
     rows = _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed, repeats)
     settings["provider"] = providers
-    ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out)
+    ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions)
     from .report import write_outputs
 
     examples = None
     if report:
-        examples = example_tiles(rows, models, images, specs[0], seed=seed, device=device,
-                                 dropout_models=dropout_models, block=block, tile=tile, halo=halo)
+        examples = example_tiles(rows, models, images, specs[0], options=dict(seed=seed, threshold=threshold,
+                                 device=device, cache=prediction_cache), dropout_models=dropout_models, block=block,
+                                 tile=tile, halo=halo)
     write_outputs(ranking, report=report, examples=examples)
     return ranking
 
 
-def _volume_job(model, dropout_model, image, session, specs, metric, repeats, seed, threshold, device, threads,
-                block, tile, halo, samples: dict):
+def _volume_job(model, dropout_model, image, session, options: ScoringOptions, block, tile, halo, samples: dict):
     """The VolumeJob of one (model, volume): whole-volume normalisation (its sample read once
     per volume, shared by the models), contrast centre and tiling, computed here once."""
     from .inference.normalize import normalization, sample_image
     from .inference.predict import _channel_first
+    from .scoring.cache import input_identity
     from .scoring.volume import VolumeJob, normalized_mean, scoring_blocking
 
     data, _, _, _ = _channel_first(image, None, model)
@@ -646,20 +692,22 @@ def _volume_job(model, dropout_model, image, session, specs, metric, repeats, se
         samples[image.name] = sample_image(data)
     sample = samples[image.name]
     norm = normalization(model.preprocessing, sample)
-    center = normalized_mean(norm, sample) if any(s.kind == "contrast" for s in specs) else 0.0
+    center = normalized_mean(norm, sample) if any(s.kind == "contrast" for s in options.specs) else 0.0
     model_c, blocking = scoring_blocking(model, session, data, block, tile=tile, halo=halo)
-    return VolumeJob(model_c, dropout_model, image, norm, center, blocking, tuple(specs), metric, repeats, seed,
-                     threshold, device, threads)
+    digest = input_identity(sample.digest, complete=sample.complete, source=image.source, name=image.name)
+    return VolumeJob(model_c, dropout_model, image, norm, center, blocking, digest, options)
 
 
-def example_tiles(rows, models, images, spec, *, seed, device, dropout_models, block=(64, 256, 256), tile=None,
+def example_tiles(rows, models, images, spec, *, options: dict, dropout_models, block=(64, 256, 256), tile=None,
                   halo=None, size=256) -> list[dict]:
     """(image, unperturbed, perturbed) foreground probabilities of the best and the worst scored
-    model on the first image, for the report: what a person looks at to see why. For a volume,
-    its middle scoring block, predicted from the whole volume's tiles (bounded memory)."""
-    from .inference.predict import _read, normalize_image, predict_image
+    model on the first image (repeat 0), for the report: what a person looks at to see why. For
+    a volume, its middle scoring block, predicted from the whole volume's tiles (bounded memory).
+    The same runs as scored, so they come from the cache when there is one. `options` holds
+    seed, threshold, device and cache."""
+    from .inference.predict import _channel_first, _read
     from .inference.session import cached_session
-    from .scoring.volume import dropout_mask, predict_region
+    from .scoring.volume import predict_region
 
     scored = [r for r in rows if r["perturbation"] == str(spec) and r["score"] is not None]
     if not scored or not images:
@@ -667,54 +715,35 @@ def example_tiles(rows, models, images, spec, *, seed, device, dropout_models, b
     picks = [("best", scored[0])] + ([("worst", scored[-1])] if len(scored) > 1 else [])
     image = images[0]
     volume = len(_spatial(image.axes)) >= 3
-    unit = None
-    if volume:
-        units = image_units(image.name, image.data.shape, _spatial(image.axes), block)
-        unit = units[len(units) // 2]
+    unit = image_units(image.name, image.data.shape, _spatial(image.axes), block)
+    unit = unit[len(unit) // 2]
     out = []
     for label, row in picks:
         model = next(m for m in models if m.name == row["name"])
         dropout_model = dropout_models.get(model.name)
+        if spec.is_dropout and dropout_model is None:
+            continue
+        scoring = ScoringOptions((spec,), row["metric"], 1, **options)
         try:
-            if spec.is_dropout and not (dropout_model is not None and dropout_model.greybox):
-                continue
             if volume:
-                session, _ = cached_session(model, device=device)
-                job = _volume_job(model, dropout_model, image, session, [spec], "nhd", 1, seed, 0.5, device, None,
-                                  block, tile, halo, {})
+                session, _ = cached_session(model, device=scoring.device)
+                job = _volume_job(model, dropout_model, image, session, scoring, block, tile, halo, {})
                 shown = job.dropout_model if spec.is_dropout else job.model
-                if spec.is_dropout:
-                    mask = dropout_mask(shown, spec, seed=seed, unit=unit.name, repeat=0)
-                    perturbed = predict_region(job, unit.region, mask=mask, dropout=True)
-                else:
-                    perturb = make_input_perturbation(spec, seed=seed, model=model.name, unit=image.name, repeat=0,
-                                                      center=job.center)
-                    perturbed = predict_region(job, unit.region, perturb=perturb)
+                perturbed = predict_region(job, unit.region, spec=spec, dropout=spec.is_dropout)
                 unperturbed = predict_region(job, unit.region, dropout=spec.is_dropout)
-                from .inference.predict import _channel_first
-
                 data, _, _, _ = _channel_first(image, None, model)
-                pixels = _read(data, (slice(None),) + unit.region)
-                pixel_axes = "c" + _spatial(image.axes)
-                where = unit.name
+                pixels, pixel_axes = _read(data, (slice(None),) + unit.region), "c" + _spatial(image.axes)
             else:
-                data = np.asarray(image.data)
-                pixels, pixel_axes, where = data, image.axes, image.name
-                if spec.is_dropout:
-                    shown = dropout_model
-                    mask = dropout_mask(shown, spec, seed=seed, unit=image.name, repeat=0)
-                    perturbed = predict_image(shown, data, axes=image.axes, device=device, dropout_mask=mask)
-                else:
-                    shown = model
-                    center = float(np.mean(normalize_image(model, data, axes=image.axes))) if spec.kind == "contrast" else 0.0
-                    perturb = make_input_perturbation(spec, seed=seed, model=model.name, unit=image.name, repeat=0,
-                                                      center=center)
-                    perturbed = predict_image(model, data, axes=image.axes, device=device, perturb=perturb)
-                unperturbed = predict_image(shown, data, axes=image.axes, device=device)
+                whole = WholeImage(ScoreTask(model, dropout_model, image, (unit,), frozenset(), scoring, tile=tile,
+                                             halo=halo))
+                graph = "dropout" if spec.is_dropout else "model"
+                perturbed, unperturbed = whole.predict(spec, 0), whole.baseline(graph)
+                shown = whole.graph(graph).model
+                pixels, pixel_axes = whole.pixels, image.axes
         except SegrankError:
             continue
         out.append({
-            "label": f"{label}: {row['name']} ({row['score']:.3f}) on {where}",
+            "label": f"{label}: {row['name']} ({row['score']:.3f}) on {unit.name}",
             "image": _thumbnail(pixels, pixel_axes, size),
             "unperturbed": _thumbnail(unperturbed[shown.foreground_channel], _spatial(image.axes), size),
             "perturbed": _thumbnail(perturbed[shown.foreground_channel], _spatial(image.axes), size),
@@ -736,38 +765,40 @@ def _spatial(axes: str) -> str:
 
 
 def _ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed, repeats) -> list[dict]:
+    """The rows of ranking.json: each perturbation setting ranked on its own, from the mean over
+    the first `repeats` repeats of every unit."""
     # images with a failure, per model (a volume counts once, however many of its blocks failed)
     failed: dict[str, set] = {}
+    no_greybox = {f["model"] for f in failures if f["stage"] == "greybox"}  # no dropout runs possible
     for f in failures:
         if f["stage"] == "session":
             failed.setdefault(f["model"], set()).update(im.name for im in images)
         elif f["stage"] == "predict":
             failed.setdefault(f["model"], set()).add(f.get("image", "?"))
-    failed_images = {name: len(v) for name, v in failed.items()}
+    units = [u.name for im in images for u in image_units(im.name, im.data.shape, _spatial(im.axes), block)]
     rows = []
     for spec in specs:
-        names, matrix = [], []
-        units = [u.name for im in images for u in image_units(im.name, im.data.shape, _spatial(im.axes), block)]
+        matrix = []
         for model in models:
             per_unit = []
             for u in units:
                 vals = [done.get((model.name, str(spec), u, r)) for r in range(repeats)]
                 scores = [float(v["score"]) for v in vals if v and v["score"] != ""]
                 per_unit.append(np.mean(scores) if scores else math.nan)
-            names.append(model.name)
             matrix.append(per_unit)
-        results, p_sep = aggregate(names, np.array(matrix, dtype=float), n_boot=n_boot, seed=seed, label=str(spec))
-        order = ranking_order(results)
-        for rank_pos, i in enumerate(order, start=1):
-            r = results[i]
-            model = models[i]
-            status = "ok"
-            if model.name in failed_images and r.n_scored == 0:
+        results, p_sep = aggregate([m.name for m in models], np.array(matrix, dtype=float), n_boot=n_boot, seed=seed,
+                                   label=str(spec))
+        for rank_pos, i in enumerate(ranking_order(results), start=1):
+            r, model = results[i], models[i]
+            n_failed = len(failed.get(model.name, ()))
+            if (spec.is_dropout and model.name in no_greybox) or (n_failed and r.n_scored == 0):
                 status = "failed"
-            elif model.name in failed_images:
-                status = f"failed on {min(failed_images[model.name], len(images))} of {len(images)} images"
+            elif n_failed:
+                status = f"failed on {min(n_failed, len(images))} of {len(images)} images"
             elif r.score is None:
                 status = "predicts no foreground"
+            else:
+                status = "ok"
             rows.append(
                 {
                     "name": r.name,

@@ -43,14 +43,18 @@ def unit_consistency(
     (background pixels inside U are singletons). All return None when U is empty.
     """
     if metric == "rand":
-        table = contingency_table(unperturbed, perturbed)
-        if table.n_foreground == 0:
-            return None
-        return float(adapted_rand(table).f)
-    counts = binary_consistency(unperturbed, perturbed, threshold=threshold)
+        return score_from_counts(contingency_table(unperturbed, perturbed), metric)
+    return score_from_counts(binary_consistency(unperturbed, perturbed, threshold=threshold), metric)
+
+
+def score_from_counts(counts, metric: str) -> float | None:
+    """The score of a unit from its (possibly merged) counts: `BinaryCounts` for nhd and ei,
+    a contingency table for rand; None when neither run has foreground in the unit."""
+    if metric == "rand":
+        return None if counts.n_foreground == 0 else float(adapted_rand(counts).f)
     if counts.n_or == 0:
         return None
     return float(counts.consistency if metric == "nhd" else counts.ei)
 
 
-__all__ = ["METRICS", "prediction_for_metric", "resolve_metric", "unit_consistency"]
+__all__ = ["METRICS", "prediction_for_metric", "resolve_metric", "score_from_counts", "unit_consistency"]

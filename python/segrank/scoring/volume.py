@@ -45,12 +45,12 @@ import numpy as np
 from ..errors import InputError
 from ..inference.blocks import Block, Blocking, choose_blocking
 from ..inference.normalize import ImageSample, Normalization
-from ..metrics import BinaryCounts, adapted_rand, binary_consistency, contingency_table
+from ..metrics import BinaryCounts, binary_consistency, contingency_table
 from ..models.description import Model
-from ..perturb.dropout import channel_mask
-from ..perturb.input import PerturbationSpec, make_input_perturbation
-from ..perturb.seeds import rng
-from .consistency import prediction_for_metric
+from ..perturb.input import PerturbationSpec
+from .consistency import prediction_for_metric, score_from_counts
+from .options import ScoringOptions
+from .runs import Run, plan_run
 
 Region = tuple[slice, ...]
 
@@ -206,14 +206,6 @@ def _overlap(inner: Region, region: Region) -> tuple[Region, Region] | None:
 # --- perturbations of one unit ------------------------------------------------------------------
 
 
-def dropout_mask(model: Model, spec: PerturbationSpec, *, seed: int, unit: str, repeat: int) -> np.ndarray:
-    """The channel mask of a dropout run of `unit` (an image, or a block name)."""
-    return channel_mask(
-        model.dropout_levels or model.dropout_channels, spec.low, rng(seed, model.name, unit, repeat, "dropout"),
-        ndim=model.ndim,
-    )
-
-
 def normalized_mean(norm: Normalization, sample: ImageSample) -> float:
     """Mean of the normalised volume, from its normalisation sample (the contrast centre)."""
     return float(np.mean(norm.apply(sample.values)))
@@ -239,6 +231,10 @@ class VolumeJob:
         Mean of the normalised volume (the centre of ``contrast``).
     blocking : Blocking
         The whole volume's tiling (`scoring_blocking`).
+    digest : str
+        Identifies the volume's pixels in cache keys (`cache.input_identity`).
+    options : ScoringOptions
+        Perturbations, metric, repeats, seed, device and cache.
     """
 
     model: Model
@@ -247,57 +243,90 @@ class VolumeJob:
     norm: Normalization
     center: float
     blocking: Blocking
-    specs: tuple[PerturbationSpec, ...]
-    metric: str
-    repeats: int
-    seed: int
-    threshold: float
-    device: str
-    threads: int | None
+    digest: str
+    options: ScoringOptions
 
 
-@dataclass(frozen=True)
+def volume_run(job: VolumeJob, spec: PerturbationSpec | None, repeat: int, unit: str, *, dropout: bool) -> Run:
+    """`runs.plan_run` for one block (`unit`, its name) of the job's volume: input perturbations
+    are drawn per volume, dropout masks per block; through the grey-box rewrite when `dropout`."""
+    return plan_run(
+        job.dropout_model if dropout else job.model, spec, repeat, options=job.options, image=job.image.name,
+        unit=unit, center=job.center, norm=job.norm, blocking=job.blocking, digest=job.digest,
+        graph="dropout" if dropout else "model",
+    )
+
+
 class _BlockPixels:
-    """The pixels one scoring block needs, read once: the union of its tiles' reads."""
+    """The pixels one region needs, read once on first use: the union of its tiles' reads.
 
-    tiles: list[Block]
-    box: Region  # where `local` lies in the volume
-    local: np.ndarray  # (C, *box shape), the source dtype
-    slice_wise: bool
-    where: str
+    Tiles are predicted from these local pixels (each keeps its global origin), or read back
+    from the run's stored copy; a region whose tiles are all stored reads no pixels and runs
+    no model.
+    """
 
-    @classmethod
-    def read(cls, job: "VolumeJob", region: Region, where: str) -> "_BlockPixels":
+    def __init__(self, job: VolumeJob, region: Region, where: str):
+        self.job, self.region, self.where = job, region, where
+        self.tiles = tiles_in(job.blocking, region)
+        self.box = tuple(
+            slice(min(t.read[a].start for t in self.tiles), max(t.read[a].stop for t in self.tiles))
+            for a in range(len(region))
+        )
+        self._local = None
+        self._runners: dict[str, object] = {}
+        self.reused = self.computed = 0
+
+    def _read(self):
         from ..inference.predict import _channel_first, _read
 
-        data, spatial_axes, _, source = _channel_first(job.image, None, job.model)
-        tiles = tiles_in(job.blocking, region)
-        box = tuple(
-            slice(min(t.read[a].start for t in tiles), max(t.read[a].stop for t in tiles)) for a in range(len(region))
-        )
-        return cls(tiles, box, _read(data, (slice(None),) + box), len(spatial_axes) > job.model.ndim,
-                   f"{source} {where}")
+        data, spatial_axes, _, source = _channel_first(self.job.image, None, self.job.model)
+        self.slice_wise = len(spatial_axes) > self.job.model.ndim
+        self.source = source
+        return _read(data, (slice(None),) + self.box)
 
-    def predict(self, job: "VolumeJob", runner, tile: Block, model: Model, perturb=None, mask=None) -> np.ndarray:
-        """`predict_block` of one tile from the local pixels (the tile keeps its global origin)."""
+    def _runner(self, model: Model):
+        from ..inference.session import TileRunner, cached_session
+
+        key = str(model.path)  # a grey-box rewrite keeps the model's name, not its file
+        if key not in self._runners:
+            session, provider = cached_session(model, device=self.job.options.device, threads=self.job.options.threads)
+            self._runners[key] = TileRunner(model, session, provider)
+        return self._runners[key]
+
+    def predict(self, tile: Block, run: Run) -> np.ndarray:
+        """Probabilities (C, *tile inner shape) of one tile under `run`: stored, or predicted."""
         from ..inference.predict import predict_block
 
+        if run.stored is not None:
+            values = run.stored.get(tile)
+            if values is not None:
+                self.reused += 1
+                return values
+        if self._local is None:
+            self._local = self._read()
         shifted = dataclasses.replace(
             tile, read=tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(tile.read, self.box))
         )
-        return predict_block(model, runner, self.local, job.norm, shifted, slice_wise=self.slice_wise,
-                             perturb=perturb, dropout_mask=mask, where=self.where)
+        values = predict_block(run.model, self._runner(run.model), self._local, self.job.norm, shifted,
+                               slice_wise=self.slice_wise, perturb=run.perturb, dropout_mask=run.mask,
+                               where=f"{self.source} {self.where}")
+        self.computed += 1
+        if run.stored is not None:
+            run.stored.put(tile, values)
+        return values
+
+    def assemble(self, run: Run) -> np.ndarray:
+        """Probabilities (C, *region) of the whole region under `run`."""
+        shape = tuple(r.stop - r.start for r in self.region)
+        out = np.empty((run.model.out_channels,) + shape, np.float32)
+        for tile in self.tiles:
+            part = _overlap(tile.inner, self.region)
+            if part is not None:
+                out[(slice(None),) + part[1]] = self.predict(tile, run)[(slice(None),) + part[0]]
+        return out
 
 
-def _score(counts, metric: str) -> float | None:
-    if metric == "rand":
-        return None if counts.n_foreground == 0 else float(adapted_rand(counts).f)
-    if counts.n_or == 0:
-        return None
-    return float(counts.consistency if metric == "nhd" else counts.ei)
-
-
-def score_block(job: VolumeJob, name: str, region: Region, todo, *, sessions=None) -> list[dict]:
+def score_block(job: VolumeJob, name: str, region: Region, todo, *, counts: dict | None = None) -> list[dict]:
     """Rows (model, perturbation, unit, repeat, score, status) of one scoring block.
 
     Parameters
@@ -309,127 +338,87 @@ def score_block(job: VolumeJob, name: str, region: Region, todo, *, sessions=Non
         The block in the volume's spatial coordinates.
     todo : iterable of (str, int)
         (perturbation spec, repeat) pairs to score; others are skipped (resume).
-    sessions : dict, optional
-        {model name: (session, provider)}; default: this process's cached sessions.
+    counts : dict, optional
+        Updated with the tile predictions ``reused`` from the cache and ``computed``.
 
     Notes
     -----
     For ``nhd`` and ``ei`` the counts of each tile's part of the block are merged exactly:
     ``counts(block) = sum over tiles t of counts(t inner ∩ block)``, so only one tile's
     predictions are in memory at a time. For ``rand`` the block's probabilities are assembled
-    and labelled as a whole (see the module notes).
+    and labelled as a whole (see the module notes). One unperturbed run per graph is shared by
+    every perturbation and repeat.
     """
-    from ..inference.session import TileRunner, cached_session
-
-    todo = set(todo)
-    runs = [(spec, r) for spec in job.specs for r in range(job.repeats) if (str(spec), r) in todo]
-    runs = [(s, r) for s, r in runs if not (s.is_dropout and job.dropout_model is None)]
+    options = job.options
+    runs = options.runs(todo, dropout=job.dropout_model is not None)
     if not runs:
         return []
-
-    def runner_for(model: Model) -> TileRunner:
-        if sessions and model.name in sessions:
-            session, provider = sessions[model.name]
-        else:
-            session, provider = cached_session(model, device=job.device, threads=job.threads)
-        return TileRunner(model, session, provider)
-
-    runners: dict[str, TileRunner] = {}
-    plans = []  # (spec, repeat, model, runner key, perturb, mask)
-    for spec, repeat in runs:
-        if spec.is_dropout:
-            m = job.dropout_model
-            plans.append((spec, repeat, m, "dropout", None, dropout_mask(m, spec, seed=job.seed, unit=name, repeat=repeat)))
-        else:
-            m = job.model
-            perturb = make_input_perturbation(
-                spec, seed=job.seed, model=m.name, unit=job.image.name, repeat=repeat, center=job.center
-            )
-            plans.append((spec, repeat, m, "model", perturb, None))
-        key = plans[-1][3]
-        if key not in runners:
-            runners[key] = runner_for(m)
-
-    # one read for the block: the union of its tiles' reads (the block grown by the halo)
-    pixels = _BlockPixels.read(job, region, name)
-    tiles = pixels.tiles
-
-    def predict(tile: Block, model: Model, key: str, perturb=None, mask=None) -> np.ndarray:
-        return pixels.predict(job, runners[key], tile, model, perturb, mask)
+    plans = [(spec, repeat, volume_run(job, spec, repeat, name, dropout=spec.is_dropout)) for spec, repeat in runs]
+    baselines = {run.graph: volume_run(job, None, 0, name, dropout=run.graph == "dropout") for *_, run in plans}
+    pixels = _BlockPixels(job, region, name)
 
     results = {}
-    if job.metric in ("nhd", "ei"):
-        counts = {(str(s), r): BinaryCounts() for s, r, *_ in plans}
-        for tile in tiles:
+    if options.metric in ("nhd", "ei"):
+        totals = {(str(s), r): BinaryCounts() for s, r, _ in plans}
+        for tile in pixels.tiles:
             part = _overlap(tile.inner, region)
             if part is None:
                 continue
             crop = (slice(None),) + part[0]
-            baselines: dict[str, np.ndarray] = {}
-            for spec, repeat, m, key, perturb, mask in plans:
-                # the unperturbed run goes through the same graph as the perturbed one
-                if key not in baselines:
-                    baselines[key] = prediction_for_metric(predict(tile, m, key)[crop], m, job.metric)
-                perturbed = prediction_for_metric(predict(tile, m, key, perturb, mask)[crop], m, job.metric)
-                counts[(str(spec), repeat)] += binary_consistency(baselines[key], perturbed, threshold=job.threshold)
-        results = {k: _score(c, job.metric) for k, c in counts.items()}
+            reference = {}
+            for spec, repeat, run in plans:
+                if run.graph not in reference:
+                    base = baselines[run.graph]
+                    reference[run.graph] = prediction_for_metric(pixels.predict(tile, base)[crop], base.model, options.metric)
+                perturbed = prediction_for_metric(pixels.predict(tile, run)[crop], run.model, options.metric)
+                totals[(str(spec), repeat)] += binary_consistency(reference[run.graph], perturbed,
+                                                                  threshold=options.threshold)
+        results = {k: score_from_counts(c, options.metric) for k, c in totals.items()}
     else:
-        shape = tuple(r.stop - r.start for r in region)
-
-        def assemble(m: Model, key: str, perturb=None, mask=None) -> np.ndarray:
-            probs = np.empty((m.out_channels,) + shape, np.float32)
-            for tile in tiles:
-                part = _overlap(tile.inner, region)
-                if part is not None:
-                    probs[(slice(None),) + part[1]] = predict(tile, m, key, perturb, mask)[(slice(None),) + part[0]]
-            return prediction_for_metric(probs, m, "rand")
-
-        labels: dict[str, np.ndarray] = {}
-        for spec, repeat, m, key, perturb, mask in plans:
-            if key not in labels:
-                labels[key] = assemble(m, key)
-            table = contingency_table(labels[key], assemble(m, key, perturb, mask))
-            results[(str(spec), repeat)] = _score(table, "rand")
-
-    return [
-        {
-            "model": job.model.name,
-            "perturbation": str(spec),
-            "unit": name,
-            "repeat": repeat,
-            "score": "" if results[(str(spec), repeat)] is None else repr(results[(str(spec), repeat)]),
-            "status": "ok" if results[(str(spec), repeat)] is not None else "no-foreground",
-        }
-        for spec, repeat, *_ in plans
-    ]
+        labels = {}
+        for spec, repeat, run in plans:
+            if run.graph not in labels:
+                base = baselines[run.graph]
+                labels[run.graph] = prediction_for_metric(pixels.assemble(base), base.model, "rand")
+            table = contingency_table(labels[run.graph], prediction_for_metric(pixels.assemble(run), run.model, "rand"))
+            results[(str(spec), repeat)] = score_from_counts(table, "rand")
+    if counts is not None:
+        counts["reused"] = counts.get("reused", 0) + pixels.reused
+        counts["computed"] = counts.get("computed", 0) + pixels.computed
+    return [unit_row(job.model.name, spec, name, repeat, results[(str(spec), repeat)]) for spec, repeat, _ in plans]
 
 
-def predict_region(job: VolumeJob, region: Region, *, perturb=None, mask=None, dropout: bool = False) -> np.ndarray:
-    """Probabilities (C, *region) of one region, from the whole volume's tiles (for reports)."""
-    from ..inference.session import TileRunner, cached_session
+def unit_row(model: str, spec: PerturbationSpec, unit: str, repeat: int, score: float | None) -> dict:
+    """One row of per_image.csv (`ranking.PER_UNIT_FIELDS`)."""
+    return {
+        "model": model,
+        "perturbation": str(spec),
+        "unit": unit,
+        "repeat": repeat,
+        "score": "" if score is None else repr(score),
+        "status": "ok" if score is not None else "no-foreground",
+    }
 
-    model = job.dropout_model if dropout else job.model
-    session, provider = cached_session(model, device=job.device, threads=job.threads)
-    runner = TileRunner(model, session, provider)
-    pixels = _BlockPixels.read(job, region, block_name(job.image.name, region))
-    out = np.empty((model.out_channels,) + tuple(r.stop - r.start for r in region), np.float32)
-    for tile in pixels.tiles:
-        part = _overlap(tile.inner, region)
-        if part is not None:
-            probs = pixels.predict(job, runner, tile, model, perturb, mask)
-            out[(slice(None),) + part[1]] = probs[(slice(None),) + part[0]]
-    return out
+
+def predict_region(job: VolumeJob, region: Region, *, spec: PerturbationSpec | None = None, repeat: int = 0,
+                   dropout: bool = False) -> np.ndarray:
+    """Probabilities (C, *region) of one region from the whole volume's tiles (for reports): the
+    unperturbed run, or that of (`spec`, `repeat`) for the block `region` (from the cache when
+    stored)."""
+    name = block_name(job.image.name, region)
+    return _BlockPixels(job, region, name).assemble(volume_run(job, spec, repeat, name, dropout=dropout))
 
 
 __all__ = [
     "VolumeJob",
     "block_name",
     "block_regions",
-    "dropout_mask",
     "nested_tile",
     "normalized_mean",
     "predict_region",
     "score_block",
     "scoring_blocking",
     "tiles_in",
+    "unit_row",
+    "volume_run",
 ]
