@@ -39,6 +39,13 @@ PREDICTION_FIELDS = (
 )
 # Upper bound on dask tasks per run: beyond it, a task predicts several blocks in turn.
 MAX_TASKS = 10_000
+# Blocks per dask task, at most: a task overlaps reading the next block and writing the last
+# one with the model run of the current one, so it should hold several; but not so many that
+# the progress bar or the load balance across workers suffers.
+BLOCKS_PER_TASK = 16
+# An image that dask holds as one chunk (a whole tif/png file) up to this size is read once per
+# task instead of once per block.
+WHOLE_READ_BYTES = 256 << 20
 
 
 # --- axes -------------------------------------------------------------------------------
@@ -101,6 +108,48 @@ def _read(data, region: tuple[slice, ...]) -> np.ndarray:
     return np.asarray(part)
 
 
+@dataclass(frozen=True)
+class BlockSource:
+    """Where the blocks of a channel-first image are read from (picklable).
+
+    Regions come straight from the stored array when the image has one (`TargetImage.direct`:
+    no dask graph per block), else from the (dask or numpy) array; an image held by dask in a
+    single small chunk (a tif or png file) is read once per task and sliced, not re-read for
+    every block.
+    """
+
+    data: object  # channel-first (C, *spatial)
+    direct: object | None = None  # DirectRegions over the image's canonical axes
+    add_channel: bool = False  # the image has no c axis: `direct` gives (*spatial)
+
+    @classmethod
+    def of(cls, image, data) -> BlockSource:
+        from ..io.targets import TargetImage
+
+        if isinstance(image, TargetImage) and image.direct is not None:
+            return cls(data, image.direct, "c" not in image.axes)
+        return cls(data)
+
+    def reader(self) -> Callable[[tuple[slice, ...]], np.ndarray]:
+        """A function region (C, *spatial slices) -> pixels, for one task (not shared by threads)."""
+        if self.direct is not None:
+            direct = self.direct
+            if self.add_channel:
+                return lambda region: direct[region[1:]][None]
+            return direct.__getitem__
+        data = self.data
+        if hasattr(data, "compute") and all(n == 1 for n in data.numblocks) and data.nbytes <= WHOLE_READ_BYTES:
+            whole: list[np.ndarray] = []
+
+            def read_whole(region):
+                if not whole:
+                    whole.append(np.asarray(data.compute(scheduler="sync")))
+                return whole[0][region]
+
+            return read_whole
+        return lambda region: _read(data, region)
+
+
 # --- normalisation of the whole image ---------------------------------------------------
 
 
@@ -149,22 +198,32 @@ def activate(y: np.ndarray, activation: str) -> np.ndarray:
     return y
 
 
-def predict_block(
+@dataclass(frozen=True)
+class _Prepared:
+    """A block's model input, ready to run."""
+
+    feed: np.ndarray
+    mask: np.ndarray | None
+    tile_shape: tuple[int, ...]  # spatial shape of the outer tile (the expected output shape)
+
+
+def prepare_block(
     model: Model,
-    runner: TileRunner,
-    data,
+    read: Callable[[tuple[slice, ...]], np.ndarray],
     norm: Normalization,
     block: Block,
     *,
     slice_wise: bool,
     perturb: Perturb | None = None,
     dropout_mask: np.ndarray | None = None,
-    where: str = "image",
-) -> np.ndarray:
-    """Probabilities (C_out, *inner shape) of one block of a channel-first image."""
-    tile = norm.apply(_read(data, (slice(None),) + block.read))
+) -> _Prepared:
+    """Read, reflect-pad, normalise and perturb one block's outer tile into the model's layout."""
+    raw = read((slice(None),) + block.read)
     if any(p != (0, 0) for p in block.padding):
-        tile = np.pad(tile, ((0, 0),) + block.padding, mode="reflect")
+        # pad the raw pixels (1-2 bytes each), then normalise once: the same values as
+        # normalising first (reflection copies pixels; the map is per pixel)
+        raw = np.pad(raw, ((0, 0),) + block.padding, mode="reflect")
+    tile = norm.apply(raw)
     if perturb is not None:
         shape = tile.shape
         tile = np.asarray(perturb(tile, block.origin), dtype=np.float32)
@@ -182,13 +241,18 @@ def predict_block(
         if mask.shape[0] != batch:
             mask = np.broadcast_to(mask[:1], (batch,) + mask.shape[1:])
         mask = np.ascontiguousarray(mask)
-    raw = runner(feed, mask)
+    return _Prepared(feed, mask, tuple(tile.shape[1:]))
+
+
+def finish_block(
+    model: Model, raw: np.ndarray, block: Block, tile_shape: tuple[int, ...], *, slice_wise: bool, where: str = "image"
+) -> np.ndarray:
+    """Probabilities (C_out, *inner shape) from the raw model output of one block."""
     y = _from_model(np.asarray(raw), model.axes, "cb" + model.spatial_axes)  # (C, b, *spatial)
     y = y if slice_wise else y[:, 0]
-    expected = tile.shape[1:]
-    if tuple(y.shape[1:]) != tuple(expected):
+    if tuple(y.shape[1:]) != tuple(tile_shape):
         raise PredictionError(
-            f"{model.name}: output spatial shape {tuple(y.shape[1:])} differs from the input tile {tuple(expected)} "
+            f"{model.name}: output spatial shape {tuple(y.shape[1:])} differs from the input tile {tuple(tile_shape)} "
             f"({where}); only same-size outputs are supported"
         )
     if y.shape[0] != model.out_channels:
@@ -197,6 +261,64 @@ def predict_block(
     if not np.isfinite(probs).all():
         raise PredictionError(f"{model.name}: NaN or infinite output in block {block.index} of {where}")
     return probs
+
+
+def predict_block(
+    model: Model,
+    runner: TileRunner,
+    data,
+    norm: Normalization,
+    block: Block,
+    *,
+    slice_wise: bool,
+    perturb: Perturb | None = None,
+    dropout_mask: np.ndarray | None = None,
+    where: str = "image",
+) -> np.ndarray:
+    """Probabilities (C_out, *inner shape) of one block of a channel-first image."""
+    prepared = prepare_block(
+        model, lambda region: _read(data, region), norm, block,
+        slice_wise=slice_wise, perturb=perturb, dropout_mask=dropout_mask,
+    )
+    raw = runner(prepared.feed, prepared.mask)
+    return finish_block(model, raw, block, prepared.tile_shape, slice_wise=slice_wise, where=where)
+
+
+def run_pipelined(items: Sequence, prepare: Callable, run: Callable, finish: Callable, *, overlap: bool = True) -> None:
+    """``finish(item, run(prepare(item)))`` for every item, in order.
+
+    With `overlap`, item i+1 is prepared (read, normalised) in one thread and item i-1 finished
+    (activated, written) in another while item i runs, so reading and writing hide behind the
+    model run instead of adding to it. At most three items are in flight: one prepared, one
+    running, one being finished; `finish` calls happen one at a time, in item order. `run`
+    should return only what `finish` needs, so that the model input is freed after the run.
+    """
+    items = list(items)
+    if not overlap or len(items) < 2:
+        for item in items:
+            finish(item, run(prepare(item)))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="segrank-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="segrank-write") as writer:
+        ahead = reader.submit(prepare, items[0])
+        writing = None
+        try:
+            for i, item in enumerate(items):
+                prepared = ahead.result()
+                ahead = reader.submit(prepare, items[i + 1]) if i + 1 < len(items) else None
+                result = run(prepared)
+                del prepared
+                if writing is not None:
+                    writing.result()  # bounds the outputs in flight to one; raises its error here
+                writing = writer.submit(finish, item, result)
+                del result
+            writing.result()
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+            raise
 
 
 def _graph_constraints(model: Model, session) -> tuple[Model, int | None]:
@@ -244,6 +366,7 @@ def predict_image(
     dropout_mask: np.ndarray | None = None,
     normalization: Normalization | None = None,
     blocking: Blocking | None = None,
+    overlap: bool = True,
 ) -> np.ndarray:
     """Predict one image or volume block by block.
 
@@ -271,6 +394,9 @@ def predict_image(
     blocking : Blocking, optional
         The tiling to use, when already chosen (its shape must be the image's spatial shape);
         it overrides `tile`, `halo` and `batch`.
+    overlap : bool
+        Read the next block and store the last one in threads while the model runs the
+        current one (default); False does one step at a time. Results are identical.
 
     Returns
     -------
@@ -294,11 +420,15 @@ def predict_image(
         raise InputError(f"{where}: normalization for {len(norm.scale)} channel(s) given for an image with {data.shape[0]}")
     out = np.empty((model.out_channels,) + tuple(data.shape[1:]), dtype=np.float32)
     slice_wise = len(spatial_axes) > model.ndim
-    for block in blocking:
-        out[(slice(None),) + block.inner] = predict_block(
-            model_c, runner, data, norm, block,
-            slice_wise=slice_wise, perturb=perturb, dropout_mask=dropout_mask, where=where,
-        )
+    read = BlockSource.of(image, data).reader()
+
+    def prepare(block):
+        return prepare_block(model_c, read, norm, block, slice_wise=slice_wise, perturb=perturb, dropout_mask=dropout_mask)
+
+    def finish(block, result):
+        out[(slice(None),) + block.inner] = finish_block(model_c, result[0], block, result[1], slice_wise=slice_wise, where=where)
+
+    run_pipelined(blocking, prepare, lambda p: (runner(p.feed, p.mask), p.tile_shape), finish, overlap=overlap)
     return out
 
 
@@ -361,7 +491,7 @@ class _ImageJob:
     """Everything a worker needs to predict blocks of one image (picklable; no session)."""
 
     model: Model
-    data: object
+    source: BlockSource
     norm: Normalization
     blocking: Blocking
     slice_wise: bool
@@ -372,6 +502,7 @@ class _ImageJob:
     perturb: Perturb | None
     dropout_mask: np.ndarray | None
     where: str
+    overlap: bool = True
 
 
 @dataclass(frozen=True)
@@ -380,25 +511,59 @@ class _TaskResult:
     provider: str
 
 
-def _run_blocks(job: _ImageJob, indices: list[tuple[int, ...]]) -> _TaskResult:
-    import zarr
+class _JobState:
+    """Per task and image: the session, reader and opened output arrays (never pickled)."""
 
-    from ..io.zarr_store import DONE_GROUP, check_aligned
+    def __init__(self, job: _ImageJob):
+        import zarr
 
-    session, provider = cached_session(job.model, device=job.device, threads=job.threads)
-    runner = TileRunner(job.model, session, provider)
-    arr = zarr.open_array(job.store, path=job.array, mode="r+")
-    done = zarr.open_array(job.store, path=f"{DONE_GROUP}/{job.array}", mode="r+")
-    for index in indices:
+        from ..io.zarr_store import DONE_GROUP
+
+        session, self.provider = cached_session(job.model, device=job.device, threads=job.threads)
+        self.runner = TileRunner(job.model, session, self.provider)
+        self.read = job.source.reader()
+        self.arr = zarr.open_array(job.store, path=job.array, mode="r+")
+        self.done = zarr.open_array(job.store, path=f"{DONE_GROUP}/{job.array}", mode="r+")
+
+
+def _run_blocks(items: list[tuple[int, tuple[int, ...]]], *jobs: _ImageJob, progress: Callable | None = None) -> _TaskResult:
+    """Predict and store blocks ``(job number, grid index)`` of one or more images, overlapped."""
+    from ..io.zarr_store import check_aligned
+
+    states: dict[int, _JobState] = {}
+
+    def state(k: int) -> _JobState:
+        if k not in states:  # first from the reader thread; later threads only look it up
+            states.clear()  # one image's reader and arrays at a time (items are grouped by image)
+            states[k] = _JobState(jobs[k])
+        return states[k]
+
+    def prepare(item):
+        k, index = item
+        job, st = jobs[k], state(k)
         block = job.blocking.block(index)
-        values = predict_block(
-            job.model, runner, job.data, job.norm, block,
-            slice_wise=job.slice_wise, perturb=job.perturb, dropout_mask=job.dropout_mask, where=job.where,
-        )
-        check_aligned(arr, block.inner, where=f"{job.store}/{job.array}")
-        arr[(slice(None),) + block.inner] = values
-        done[index] = 1  # only after the data is in place
-    return _TaskResult(len(indices), provider)
+        prepared = prepare_block(job.model, st.read, job.norm, block, slice_wise=job.slice_wise,
+                                 perturb=job.perturb, dropout_mask=job.dropout_mask)
+        return st, block, prepared
+
+    def run(p):
+        st, block, prepared = p
+        return st, block, prepared.tile_shape, st.runner(prepared.feed, prepared.mask)
+
+    def finish(item, result):
+        k, index = item
+        job = jobs[k]
+        st, block, tile_shape, raw = result
+        values = finish_block(job.model, raw, block, tile_shape, slice_wise=job.slice_wise, where=job.where)
+        check_aligned(st.arr, block.inner, where=f"{job.store}/{job.array}")
+        st.arr[(slice(None),) + block.inner] = values
+        st.done[index] = 1  # only after the data is in place
+        if progress is not None:
+            progress(1)
+
+    run_pipelined(items, prepare, run, finish, overlap=all(j.overlap for j in jobs))
+    providers = {cached_session(j.model, device=j.device, threads=j.threads)[1] for j in jobs}
+    return _TaskResult(len(items), ",".join(sorted(providers)))
 
 
 @dataclass(frozen=True)
@@ -437,6 +602,7 @@ def predict_target(
     workers: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    overlap: bool = True,
 ) -> PredictionSummary:
     """Predict every image of `target` into the Zarr v3 store `out`, resuming finished blocks.
 
@@ -465,6 +631,9 @@ def predict_target(
         workers; on an existing scheduler, ONNX Runtime's default).
     progress : bool
         tqdm bar of blocks done / total on stderr.
+    overlap : bool
+        Each task reads its next block and writes its last one in threads while the model
+        runs (default); False does one step at a time. Results are identical.
 
     Returns
     -------
@@ -537,20 +706,26 @@ def predict_target(
         n_reused += len(blocking) - len(pending)
         infos.append({"image": im.name, "array": name, "key": key, "blocks": len(blocking), "reused": len(blocking) - len(pending)})
         job = _ImageJob(
-            model_c, data, norm, blocking, len(spatial_axes) > model.ndim, str(store.path), name,
-            device, threads, perturb, dropout_mask, where,
+            model_c, BlockSource.of(im, data), norm, blocking, len(spatial_axes) > model.ndim, str(store.path), name,
+            device, threads, perturb, dropout_mask, where, overlap,
         )
         jobs.append((job, pending))
 
-    n_pending = sum(len(p) for _, p in jobs)
-    per_task = max(1, math.ceil(n_pending / MAX_TASKS))
+    # Tasks take runs of consecutive blocks (across images, for folders of small images): each
+    # task overlaps reads and writes with its model runs; enough tasks to balance the workers.
+    items = [(k, index) for k, (_, pending) in enumerate(jobs) for index in pending]
+    n_pending = len(items)
+    per_task = max(math.ceil(n_pending / MAX_TASKS), min(BLOCKS_PER_TASK, math.ceil(n_pending / (2 * n_workers))), 1)
+    job_nodes = [dask.delayed(job, traverse=False) for job, _ in jobs]  # one graph node per image, never unpacked
+    local_bar = None if distributed else (lambda n: bar.update(n))
     tasks = []
-    for job, pending in jobs:
-        if not pending:
-            continue
-        job_node = dask.delayed(job, traverse=False)  # one graph node per image, never unpacked
-        for i in range(0, len(pending), per_task):
-            tasks.append(dask.delayed(_run_blocks, pure=False)(job_node, pending[i : i + per_task]))
+    for i in range(0, n_pending, per_task):
+        chunk = items[i : i + per_task]
+        used = sorted({k for k, _ in chunk})
+        renumber = {k: j for j, k in enumerate(used)}
+        tasks.append(dask.delayed(_run_blocks, pure=False)(
+            [(renumber[k], index) for k, index in chunk], *[job_nodes[k] for k in used], progress=local_bar,
+        ))
 
     providers = {provider}
     bar = tqdm(total=n_blocks, initial=n_reused, unit="block", desc=f"predict {model.name}", file=sys.stderr, disable=not progress, smoothing=0.1)
@@ -560,14 +735,7 @@ def predict_target(
         elif distributed:
             providers = _run_distributed(tasks, scheduler, n_workers, bar)
         else:
-            from dask.callbacks import Callback
-
-            def posttask(key, result, dsk, state, worker_id):
-                if isinstance(result, _TaskResult):
-                    bar.update(result.blocks)
-
-            with Callback(posttask=posttask):
-                results = dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
+            results = dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)  # bar: per block
             providers = {r.provider for r in results} or providers
     finally:
         bar.close()
@@ -613,4 +781,8 @@ __all__ = [
     "predict_image",
     "predict_target",
     "prediction_key",
+    "prepare_block",
+    "finish_block",
+    "run_pipelined",
+    "BlockSource",
 ]

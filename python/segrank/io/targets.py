@@ -44,12 +44,16 @@ class TargetImage:
         Subsequence of "czyx", e.g. "yx", "cyx", "zyx", "czyx".
     source : Path
         File or store the image comes from (for messages and cache keys).
+    direct : DirectRegions or None
+        The same pixels read straight from the stored array (no dask graph per read), when
+        the image is a chunked store; ``direct[region]`` equals ``data[region]``.
     """
 
     name: str
     data: object
     axes: str
     source: Path = field(default=Path("."))
+    direct: object = field(default=None, repr=False, compare=False)
 
     @property
     def spatial_axes(self) -> str:
@@ -115,7 +119,39 @@ def _guess_axes(ndim: int, where: str) -> str:
     raise InputError(f"{where}: a {ndim}D array without axis metadata; give its axes (e.g. --axes czyx)")
 
 
-def _image(name: str, data, axes: str, source: Path, where: str) -> TargetImage:
+@dataclass(frozen=True)
+class DirectRegions:
+    """Regions of a stored array read straight from it, in the image's canonical axes.
+
+    The dask array of a `TargetImage` builds and runs a small graph for every region read;
+    blockwise prediction reads thousands of regions, so it reads through this instead.
+    Picklable when `array` is (zarr arrays and the HDF5/N5 wrappers here are).
+
+    Attributes
+    ----------
+    array : array-like
+        The stored array (numpy-style basic indexing), in its own axis order.
+    drop : tuple of int
+        Axes of `array` fixed at index 0 (singleton time axes).
+    order : tuple of int
+        Canonical axis i is kept axis ``order[i]`` (the transpose applied to `data`).
+    """
+
+    array: object
+    drop: tuple[int, ...]
+    order: tuple[int, ...]
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        kept = [None] * len(self.order)
+        for i, r in enumerate(region):
+            kept[self.order[i]] = r
+        kept_iter = iter(kept)
+        index = tuple(0 if i in self.drop else next(kept_iter) for i in range(len(self.order) + len(self.drop)))
+        part = np.asarray(self.array[index])
+        return part.transpose(self.order) if self.order != tuple(range(len(self.order))) else part
+
+
+def _image(name: str, data, axes: str, source: Path, where: str, stored=None) -> TargetImage:
     import dask.array as da
 
     canon, drop, order = canonical_axes(axes, data.shape, where)
@@ -125,7 +161,8 @@ def _image(name: str, data, axes: str, source: Path, where: str) -> TargetImage:
         data = da.transpose(data, order)
     if any(s == 0 for s in data.shape):
         raise InputError(f"{where}: empty image of shape {tuple(data.shape)}")
-    return TargetImage(name, data, canon, Path(source))
+    direct = DirectRegions(stored, tuple(drop), tuple(order)) if stored is not None else None
+    return TargetImage(name, data, canon, Path(source), direct)
 
 
 # --- single files -------------------------------------------------------------------------
@@ -248,7 +285,7 @@ def _open_hdf5(path: Path, axes: str | None, key: str | None) -> TargetImage:
     ds = _H5Dataset(str(path), key.strip("/"))
     data = da.from_array(ds, chunks=ds.chunks or "auto", asarray=True, lock=False, inline_array=True)
     axes = axes or _axes_attr(ds.attrs) or _guess_axes(ds.ndim, f"{where}:{key}")
-    return _image(key.strip("/").replace("/", "_"), data, axes, path, f"{where}:{key}")
+    return _image(key.strip("/").replace("/", "_"), data, axes, path, f"{where}:{key}", stored=ds)
 
 
 def _axes_attr(attrs) -> str | None:
@@ -319,7 +356,7 @@ def _open_n5(path: Path, axes: str | None, key: str | None) -> TargetImage:
     data = da.from_array(ds, chunks=ds.chunks, asarray=True, lock=False, inline_array=True)
     axes = axes or ds.axes or _guess_axes(ds.ndim, f"{where}:{key}")
     name = path.stem if key == "." else key.replace("/", "_")
-    return _image(name, data, axes, path, f"{where}:{key}")
+    return _image(name, data, axes, path, f"{where}:{key}", stored=ds)
 
 
 def _ome_multiscales(attrs: dict) -> list | None:
@@ -341,7 +378,7 @@ def _zarr_array_image(arr, name: str, axes: str | None, source: Path, where: str
         axes = _axes_attr(dict(arr.attrs))
     axes = axes or _guess_axes(arr.ndim, where)
     data = da.from_zarr(arr, inline_array=True)
-    return _image(name, data, axes, source, where)
+    return _image(name, data, axes, source, where, stored=arr)
 
 
 def _open_zarr(path: Path, axes: str | None, key: str | None) -> TargetImage:
@@ -439,4 +476,4 @@ def _open_file(path: Path, axes: str | None, key: str | None) -> TargetImage:
     raise InputError(f"{path}: unsupported file type {suffix!r} (tif, png, Zarr, HDF5 or N5)")
 
 
-__all__ = ["Target", "TargetImage", "canonical_axes", "open_target"]
+__all__ = ["DirectRegions", "Target", "TargetImage", "canonical_axes", "open_target"]
