@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from segrank.cli import main
 from segrank.ranking import rank
 
-from model_factory import bottleneck_model, nan_model, smooth_threshold_model, write_sidecar
+from model_factory import nan_model, smooth_threshold_model, write_sidecar
 
 
 def _scores(ranking, perturbation=None):
@@ -167,3 +167,18 @@ def test_public_api_is_the_function(noise_bank, blob_target, tmp_path):
     result = segrank.rank(noise_bank, blob_target, out=tmp_path / "run", perturbations=["noise:0.1"], progress=False,
                           n_boot=20, report=False)
     assert callable(segrank.rank) and result.rows[0]["name"] == "smooth"
+
+
+def test_model_without_grey_box_rewrite_fails_under_dropout_only(noise_bank, dropout_bank, blob_target, tmp_path):
+    import shutil
+
+    for f in ("redundant.onnx", "redundant.yaml"):  # one rewritable model beside two that are not
+        shutil.copy(dropout_bank / f, noise_bank / f)
+    ranking = rank(noise_bank, blob_target, out=tmp_path / "run", perturbations=["dropout:0.2", "noise:0.1-0.2"],
+                   progress=False, n_boot=50, report=False)
+    dropout = _scores(ranking, "dropout:0.2")
+    assert dropout["redundant"]["rank"] == 1 and dropout["redundant"]["status"] == "ok"
+    assert {dropout[n]["status"] for n in ("smooth", "sharp")} == {"failed"}
+    assert {f["model"] for f in ranking.failures if f["stage"] == "greybox"} == {"smooth", "sharp"}
+    noise = _scores(ranking, "noise:0.1-0.2")
+    assert all(r["status"] == "ok" for r in noise.values()) and noise["smooth"]["rank"] < noise["sharp"]["rank"]

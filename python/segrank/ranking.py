@@ -11,6 +11,9 @@ one task per (model, 2D image), and one task per (model, scoring block) of a vol
 memory, with the whole volume's normalisation, computed here once per (model, volume)).
 `rank(..., in_memory=True)` predicts each volume whole instead: the reference that the
 blockwise path equals exactly (same tiles, same normalisation, same per-block draws).
+Both build their prediction runs with `scoring.runs.plan_run` (one unperturbed run per graph,
+shared by every perturbation and repeat) and, given a cache folder, keep them in
+`scoring.cache` so that later runs compute only what is missing.
 """
 from __future__ import annotations
 
@@ -600,7 +603,7 @@ def rank(
     threads = default_threads(n_workers) if n_workers else None
     samples: dict[str, object] = {}
 
-    tasks, skipped, dropout_models, volume_jobs = [], 0, {}, {}
+    tasks, skipped, dropout_models = [], 0, {}
     for model in models:
         try:
             # Loads the model once here, so that a broken file is reported before any work.
