@@ -145,3 +145,28 @@ def test_bad_inputs_are_one_line(tmp_path):
         open_target(tmp_path / "t.tif", axes="tyx")
     with pytest.raises(InputError, match="unknown axis"):
         open_target(tmp_path / "t.tif", axes="qwe")
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_direct_regions_equal_the_dask_array(tmp_path, fmt):
+    # stored as (t, x, c, y): the time axis is dropped and the rest transposed to c, y, x
+    raw = _data((1, 23, 2, 17), seed=4)
+    if fmt == "zarr":
+        arr = zarr.create_array(str(tmp_path / "v.zarr"), shape=raw.shape, chunks=(1, 8, 1, 8), dtype=raw.dtype)
+        arr[...] = raw
+        im = open_target(tmp_path / "v.zarr", axes="txcy").images[0]
+    else:
+        with h5py.File(tmp_path / "v.h5", "w") as f:
+            f.create_dataset("raw", data=raw, chunks=(1, 8, 1, 8))
+        im = open_target(tmp_path / "v.h5", axes="txcy").images[0]
+    assert im.axes == "cyx" and im.direct is not None
+    direct = pickle.loads(pickle.dumps(im.direct))  # travels to dask.distributed workers
+    gen = np.random.default_rng(0)
+    for _ in range(20):
+        region = (slice(None),) + tuple(slice(int(a), int(a) + int(gen.integers(1, s - a + 1)))
+                                        for s in im.data.shape[1:] for a in [gen.integers(0, s)])
+        expected = im.data[region].compute()
+        got = direct[region]
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(direct[(slice(None),) * 3], np.transpose(raw[0], (1, 2, 0)))

@@ -1,0 +1,170 @@
+"""The fast path gives the same predictions: overlapped stages, direct reads, histogram percentiles."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from conv_nets import conv_model
+
+from segrank.errors import PredictionError
+from segrank.inference.normalize import percentiles
+from segrank.inference.predict import predict_image, predict_target, run_pipelined
+from segrank.io import targets
+from segrank.io.targets import open_target
+from segrank.models.description import Preprocessing
+
+RF = 2
+
+
+def _volume(path, shape=(5, 30, 27), chunks=(2, 16, 16), seed=0):
+    data = np.random.default_rng(seed).integers(0, 255, size=shape).astype(np.uint8)
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint8", dimension_names=["z", "y", "x"])
+    arr[...] = data
+    return path
+
+
+def test_run_pipelined_keeps_order_and_bounds_items_in_flight():
+    lock = threading.Lock()
+    in_flight, most, finished = [0], [0], []
+
+    def prepare(i):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        return i * 10
+
+    def finish(i, result):
+        finished.append((i, result))
+        with lock:
+            in_flight[0] -= 1
+
+    run_pipelined(range(40), prepare, lambda p: p + 1, finish)
+    assert finished == [(i, i * 10 + 1) for i in range(40)]
+    assert 1 <= most[0] <= 3  # one prepared, one running, one being finished
+    finished.clear()
+    run_pipelined(range(5), prepare, lambda p: p + 1, finish, overlap=False)
+    assert finished == [(i, i * 10 + 1) for i in range(5)]
+
+
+@pytest.mark.parametrize("stage", ["prepare", "run", "finish"])
+def test_run_pipelined_raises_errors_of_every_stage(stage):
+    def fail(name, i):
+        if name == stage and i == 3:
+            raise ValueError(f"{name} {i}")
+
+    finished = []
+
+    def prepare(i):
+        fail("prepare", i)
+        return i
+
+    def run(i):
+        fail("run", i)
+        return i
+
+    def finish(i, result):
+        fail("finish", i)
+        finished.append(i)
+
+    with pytest.raises(ValueError, match=f"{stage} 3"):
+        run_pipelined(range(10), prepare, run, finish)
+    assert finished == [0, 1, 2]  # nothing after the failed item is finished
+
+
+def test_overlap_gives_identical_predictions(tmp_path):
+    model = conv_model(tmp_path / "g.onnx", ndim=2, dropout=True, hidden=4)
+    vol = np.random.default_rng(1).integers(0, 4000, size=(7, 33, 29)).astype(np.uint16)
+    mask = np.array([1, 0, 2, 0], np.float32).reshape(1, 4, 1, 1)
+
+    def perturb(tile, origin):  # a function of global coordinates: tiling must not matter
+        z0, y0, x0 = origin
+        zs = np.arange(z0, z0 + tile.shape[1])[:, None, None]
+        ys = np.arange(y0, y0 + tile.shape[2])[None, :, None]
+        return tile + np.float32(0.01) * np.sin(zs + 0.3 * ys + 0.7 * np.arange(x0, x0 + tile.shape[3])).astype(np.float32)
+
+    options = dict(axes="zyx", device="cpu", tile=(3, 12, 12), halo=RF, perturb=perturb, dropout_mask=mask)
+    stepwise = predict_image(model, vol, overlap=False, **options)
+    overlapped = predict_image(model, vol, overlap=True, **options)
+    np.testing.assert_array_equal(overlapped, stepwise)
+    # and the store gets the same values either way
+    target = open_target(_volume(tmp_path / "vol.zarr"))
+    for overlap in (False, True):
+        predict_target(model, target, tmp_path / f"p{overlap}.zarr", tile=(2, 12, 12), halo=RF, device="cpu",
+                       progress=False, dropout_mask=mask, workers=1, overlap=overlap)
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "pTrue.zarr"), path="vol")[...],
+        zarr.open_array(str(tmp_path / "pFalse.zarr"), path="vol")[...],
+    )
+
+
+def test_pipeline_reports_a_bad_output(tmp_path):
+    model = conv_model(tmp_path / "m.onnx", ndim=2, out_channels=2, activation="softmax")
+    wrong = model.with_(out_channels=3)  # the description disagrees with the graph
+    img = np.random.default_rng(0).integers(0, 255, size=(40, 40)).astype(np.uint8)
+    with pytest.raises(PredictionError, match="3"):
+        predict_image(wrong, img, axes="yx", device="cpu", tile=12, halo=RF)
+
+
+def test_tasks_run_across_images_of_a_folder(tmp_path):
+    model = conv_model(tmp_path / "m.onnx", ndim=2, out_channels=2, activation="softmax")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    gen = np.random.default_rng(3)
+    for i in range(5):  # single-block images: a task of several blocks spans images
+        tifffile.imwrite(folder / f"im{i}.tif", gen.integers(0, 255, size=(8 + i, 12)).astype(np.uint8))
+    summary = predict_target(model, folder, tmp_path / "p.zarr", tile=16, halo=RF, device="cpu", progress=False, workers=1)
+    assert summary.n_computed == 5
+    for im in open_target(folder).images:
+        got = zarr.open_array(str(tmp_path / "p.zarr"), path=im.name)[...]
+        np.testing.assert_array_equal(got, predict_image(model, im, device="cpu", tile=16, halo=RF))
+
+
+def test_whole_file_image_is_read_once_per_task(tmp_path, monkeypatch):
+    reads = []
+    original = targets._read_tif
+
+    def counting(path):
+        reads.append(path)
+        return original(path)
+
+    monkeypatch.setattr(targets, "_read_tif", counting)
+    img = np.random.default_rng(0).integers(0, 255, size=(50, 50)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    model = conv_model(tmp_path / "m.onnx", ndim=2)
+    image = open_target(tmp_path / "a.tif").images[0]
+    summary = predict_target(model, image, tmp_path / "p.zarr", tile=16, halo=RF, device="cpu", progress=False,
+                             scheduler="sync")
+    assert summary.n_computed == 25  # 5 x 5 blocks of inner 12
+    assert 1 < len(reads) <= 3  # statistics once, then once per task (2 tasks), not once per block
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "p.zarr"), path="a")[...],
+        predict_image(model, img, axes="yx", device="cpu", tile=16, halo=RF),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int8])
+def test_histogram_percentiles_equal_numpy_bit_for_bit(dtype):
+    gen = np.random.default_rng(int(np.dtype(dtype).itemsize * 10 + np.dtype(dtype).kind.encode()[0]))
+    info = np.iinfo(dtype)
+    for _ in range(300):
+        lo, hi = sorted(gen.integers(info.min, info.max + 1, size=2))
+        x = gen.integers(lo, hi + 1, size=int(gen.integers(1, 3000))).astype(dtype)
+        q = [0.0, 1.0, 99.8, 100.0, 50.0] + list(gen.uniform(0, 100, size=4))
+        expected = np.percentile(x, q)
+        got = percentiles(x, q)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_percentile_normalisation_uses_whole_image_statistics(tmp_path):
+    # end to end through `normalization`: same scale/offset as numpy's percentiles would give
+    from segrank.inference.normalize import normalization
+
+    x = np.random.default_rng(2).integers(0, 4096, size=(1, 300)).astype(np.uint16)
+    norm = normalization(Preprocessing(kind="percentile", low=1.0, high=99.8), x)
+    lo, hi = np.percentile(x[0], [1.0, 99.8])
+    scale = 1.0 / (float(hi) - float(lo) + 1e-6)
+    assert norm.scale == (scale,) and norm.offset == (-float(lo) * scale,)
