@@ -78,7 +78,8 @@ def _write_volume(path: Path, shape, chunks, seed: int = 0) -> Path:
     return path
 
 
-def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, sink, model_kind: str = "light") -> list[dict]:
+def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, sink, model_kind: str = "light",
+             repeat: int = 1, machine: str = "") -> list[dict]:
     from segrank.inference.blocks import choose_blocking  # noqa: F401  (documented vocabulary)
     from segrank.inference.predict import (
         _blocking_for, _channel_first, _read, _to_model, image_normalization, predict_target,
@@ -108,36 +109,61 @@ def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, s
 
         runner = TileRunner(model_c, session, provider)
         runner(feed(next(iter(blocking))))  # warm-up (CUDA kernels, allocator)
-        plain = 0.0
-        for block in blocking:
-            x = feed(block)  # built outside the timed region
-            t0 = time.perf_counter()
-            runner(x)
-            plain += time.perf_counter() - t0
 
-        results = {}
-        # same thread budget: sync = one run at a time on all threads (same session as plain);
-        # threads = the default, two dask threads each running with half of them
-        for scheduler, workers, ort_threads in (("sync", 1, threads), ("threads", 2, max(1, threads // 2))):
+        def plain_run():
+            wall = cpu = 0.0
+            for block in blocking:
+                x = feed(block)  # built outside the timed region
+                t0, c0 = time.perf_counter(), time.process_time()
+                runner(x)
+                wall += time.perf_counter() - t0
+                cpu += time.process_time() - c0
+            return wall, cpu
+
+        def blockwise(scheduler, workers, ort_threads, overlap):
             out = workdir / f"{label}-{scheduler}.pred.zarr"
-            t0 = time.perf_counter()
-            summary = predict_target(model, image, out, device=device, scheduler=scheduler,
-                                     workers=workers, threads=ort_threads, progress=False)
-            results[scheduler] = time.perf_counter() - t0
+            t0, c0 = time.perf_counter(), time.process_time()
+            summary = predict_target(model, image, out, device=device, scheduler=scheduler, workers=workers,
+                                     threads=ort_threads, progress=False, overlap=overlap)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             assert summary.n_computed == len(blocking)
             shutil.rmtree(out)
+            return wall, cpu
+
+        # same thread budget: sync = one block at a time on all threads (same session as plain),
+        # with and without overlapping reads/writes; threads = the default threaded scheduler
+        # (two dask threads each running ORT with half the threads; with 1 thread: 1 each)
+        variants = {
+            "plain": plain_run,
+            "sync": lambda: blockwise("sync", 1, threads, True),
+            "stepwise": lambda: blockwise("sync", 1, threads, False),
+            "threads": lambda: blockwise("threads", 2, max(1, threads // 2), True),
+        }
+        samples = {k: [] for k in variants}
+        for _ in range(repeat):  # interleaved, so that a busy spell on a shared box hits all alike
+            for k, fn in variants.items():
+                samples[k].append(fn())
+        best = {k: min(w for w, _ in v) for k, v in samples.items()}
+        best_cpu = {k: min(c for _, c in v) for k, v in samples.items()}
         n_vox = math.prod(shape)
         row = {
-            "part": "overhead", "target": label, "shape": list(shape), "tile": list(blocking.tile),
+            "part": "overhead", "machine": machine, "target": label, "shape": list(shape), "tile": list(blocking.tile),
             "halo": list(blocking.halo), "blocks": len(blocking), "provider": provider, "model": model.name,
             "ort_threads": threads, "model_kind": model_kind,
             "kflop_per_px": round(_flops_per_pixel(**MODELS[model_kind]) / 1e3, 1),
-            "plain_run_s": round(plain, 3),
-            "blockwise_sync_s": round(results["sync"], 3),
-            "blockwise_threads_s": round(results["threads"], 3),
-            "overhead_sync": round(results["sync"] / plain - 1, 4),
-            "overhead_threads": round(results["threads"] / plain - 1, 4),
-            "mvox_s_threads": round(n_vox / results["threads"] / 1e6, 3),
+            "repeats": repeat, "statistic": "min over repeats",
+            "plain_run_s": round(best["plain"], 3),
+            "blockwise_sync_s": round(best["sync"], 3),
+            "blockwise_stepwise_s": round(best["stepwise"], 3),
+            "blockwise_threads_s": round(best["threads"], 3),
+            "overhead_sync": round(best["sync"] / best["plain"] - 1, 4),
+            "overhead_stepwise": round(best["stepwise"] / best["plain"] - 1, 4),
+            "overhead_threads": round(best["threads"] / best["plain"] - 1, 4),
+            # CPU seconds of the whole process: the extra work, whatever else runs on the box
+            "cpu_overhead_sync": round(best_cpu["sync"] / best_cpu["plain"] - 1, 4),
+            "cpu_overhead_stepwise": round(best_cpu["stepwise"] / best_cpu["plain"] - 1, 4),
+            "mvox_s_threads": round(n_vox / best["threads"] / 1e6, 3),
+            "wall_samples_s": {k: [round(w, 3) for w, _ in v] for k, v in samples.items()},
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -166,10 +192,10 @@ def _memory_child(args) -> None:
                       "provider": summary.provider}))
 
 
-def memory(preset: dict, *, device: str, workers: int, workdir: Path, sink) -> list[dict]:
+def memory(preset: dict, *, device: str, workers: int, workdir: Path, sink, sizes: str | None = None) -> list[dict]:
     rows = []
     _model(workdir, hidden=4, layers=2, halo=4)  # build it once, outside the children
-    for mib in preset["memory_mib"]:
+    for mib in [int(v) for v in sizes.split(",")] if sizes else preset["memory_mib"]:
         shape = (mib, 1024, 1024)  # 1 MiB per uint8 slice
         src = _write_volume(workdir / f"mem{mib}.zarr", shape, (16, 256, 256))
         out = workdir / f"mem{mib}.pred.zarr"
@@ -199,7 +225,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="dask threads in the memory runs")
     parser.add_argument("--parts", default="overhead,memory", help="in this order, e.g. memory,overhead")
     parser.add_argument("--models", default="light", help="overhead models: light, heavy or both (light,heavy)")
-    parser.add_argument("--out", default=str(HERE / "results" / "inference.json"))
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved repeats of each overhead variant (min is kept)")
+    parser.add_argument("--memory-mib", default=None, help="volume sizes of the memory part, e.g. 256,512,1024 (default: the preset's)")
+    parser.add_argument("--machine", default=None, help="how to name this machine in the results (default: host, CPUs)")
+    parser.add_argument("--label", default=None, help="free text kept with this run, e.g. before/after a change")
+    parser.add_argument("--out", default=str(HERE / "results" / "inference.json"), help="results file; earlier runs in it are kept")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--child-volume", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -212,30 +242,52 @@ def main() -> None:
     preset = PRESETS[args.preset]
     parts = args.parts.split(",")
     devices = args.device.split(",")
+    machine = args.machine or f"{platform.node()} ({os.cpu_count()} CPUs, {_cpu_name()})"
     result = {
         "command": " ".join(["python", "benchmarks/inference.py"] + sys.argv[1:]),
-        "preset": args.preset, "machine": platform.node(), "cpus": os.cpu_count(), "cpu": _cpu_name(),
+        "label": args.label, "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "preset": args.preset, "machine": machine, "cpus": os.cpu_count(), "cpu": _cpu_name(),
         "rows": [],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # earlier runs (other machines, before/after a change) are kept; this run is appended
+    runs = []
+    if out.exists():
+        previous = json.loads(out.read_text())
+        runs = previous.get("runs", [previous] if "rows" in previous else [])
+    runs.append(result)
+
+    def save():
+        out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
 
     def sink(row):  # written after every row: a run cut short keeps what it measured
+        row.setdefault("machine", machine)
         result["rows"].append(row)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        save()
 
     try:
         for part in parts:
             if part == "overhead":
                 for kind in args.models.split(","):
                     for device in devices:
-                        overhead(preset, device=device, threads=args.threads, workdir=workdir, sink=sink, model_kind=kind)
+                        overhead(preset, device=device, threads=args.threads, workdir=workdir, sink=sink, model_kind=kind,
+                                 repeat=args.repeat, machine=machine)
             elif part == "memory":
-                memory_summary(memory(preset, device=devices[0], workers=args.workers, workdir=workdir, sink=sink), result)
-                out.write_text(json.dumps(result, indent=2) + "\n")
+                memory_summary(memory(preset, device=devices[0], workers=args.workers, workdir=workdir, sink=sink,
+                                      sizes=args.memory_mib), result)
+                save()
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def memory_summary(mem: list[dict], result: dict) -> None:
