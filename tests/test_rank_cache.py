@@ -202,3 +202,21 @@ def test_a_killed_write_leaves_no_tile_that_counts(noise_bank, blob_target, tmp_
     again = rank(noise_bank, blob_target, out=tmp_path / "b", **kw)
     assert again.predictions["computed"] > 0
     assert _scores(again) == _scores(reference)
+
+
+def test_a_grey_box_model_has_one_unperturbed_run_for_all_perturbations(blob_target, tmp_path, spy):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "inference"))
+    from conv_nets import conv_model
+
+    models = [conv_model(tmp_path / f"{n}.onnx", name=n, hidden=6, layers=2, dropout=True, seed=s)
+              for n, s in (("g1", 1), ("g2", 2))]
+    assert all(m.greybox for m in models)
+    ranking = rank(models, blob_target, out=tmp_path / "run", perturbations=["dropout:0.3", "noise:0.1-0.2"],
+                   repeats=2, **KW)
+    # the model is its own rewrite: dropout and noise compare with the same unperturbed run
+    assert spy["unperturbed"] == N_MODELS * N_IMAGES
+    assert spy["perturbed"] == N_MODELS * N_IMAGES * 2 * 2
+    assert {r["status"] for r in ranking.rows} == {"ok"}

@@ -246,7 +246,7 @@ class WholeImage:
             self.center = float(np.mean(g.norm.apply(g.data)))  # of the image as the model sees it
         run = plan_run(g.model, spec, repeat, options=self.task.options, image=self.task.image.name,
                        unit=unit or self.task.image.name, center=self.center or 0.0, norm=g.norm,
-                       blocking=g.blocking, digest=g.digest, graph=graph)
+                       blocking=g.blocking, digest=g.digest)
         if run.stored is not None and run.stored.complete:
             self.reused += len(g.blocking)
             return run.stored.read()
@@ -258,9 +258,11 @@ class WholeImage:
         return prob
 
     def baseline(self, graph: str) -> np.ndarray:
-        if graph not in self.baselines:
-            self.baselines[graph] = self.predict(graph=graph)
-        return self.baselines[graph]
+        """The unperturbed run of `graph` ("model" or "dropout"), once per graph file."""
+        key = str(self.graph(graph).model.path)  # a grey-box model is its own rewrite
+        if key not in self.baselines:
+            self.baselines[key] = self.predict(graph=graph)
+        return self.baselines[key]
 
 
 def score_image(task: ScoreTask, data: np.ndarray | None = None, counts: dict | None = None) -> list[dict]:

@@ -37,8 +37,9 @@ class Run:
     ----------
     model : Model
         The model, or its grey-box rewrite for dropout runs.
-    graph : str
-        "model" or "dropout": runs with the same graph share one unperturbed run.
+    graph : str (property)
+        The graph's file: runs through the same graph share one unperturbed run (a model that
+        is grey-box already is its own rewrite, so then all runs share it).
     perturb : InputPerturbation or None
     mask : ndarray or None
         The dropout mask (None: all ones).
@@ -47,10 +48,13 @@ class Run:
     """
 
     model: Model
-    graph: str
     perturb: InputPerturbation | None = None
     mask: np.ndarray | None = None
     stored: CachedRun | None = None
+
+    @property
+    def graph(self) -> str:
+        return str(self.model.path)
 
 
 def plan_run(
@@ -65,7 +69,6 @@ def plan_run(
     norm,
     blocking,
     digest: str,
-    graph: str,
 ) -> Run:
     """The run of `spec` (None: unperturbed) and `repeat` for `unit` of `image`, through `model`.
 
@@ -84,7 +87,7 @@ def plan_run(
     if options.cache is not None:
         stored = options.cache.run(model, digest, norm, blocking, perturbation=identity, seed=options.seed, mask=mask,
                                    attributes={"image": image})
-    return Run(model, graph, perturb, mask, stored)
+    return Run(model, perturb, mask, stored)
 
 
 __all__ = ["Run", "dropout_mask", "plan_run"]

@@ -253,7 +253,6 @@ def volume_run(job: VolumeJob, spec: PerturbationSpec | None, repeat: int, unit:
     return plan_run(
         job.dropout_model if dropout else job.model, spec, repeat, options=job.options, image=job.image.name,
         unit=unit, center=job.center, norm=job.norm, blocking=job.blocking, digest=job.digest,
-        graph="dropout" if dropout else "model",
     )
 
 
@@ -354,7 +353,10 @@ def score_block(job: VolumeJob, name: str, region: Region, todo, *, counts: dict
     if not runs:
         return []
     plans = [(spec, repeat, volume_run(job, spec, repeat, name, dropout=spec.is_dropout)) for spec, repeat in runs]
-    baselines = {run.graph: volume_run(job, None, 0, name, dropout=run.graph == "dropout") for *_, run in plans}
+    baselines = {}  # the unperturbed run of each graph
+    for spec, _, run in plans:
+        if run.graph not in baselines:
+            baselines[run.graph] = volume_run(job, None, 0, name, dropout=spec.is_dropout)
     pixels = _BlockPixels(job, region, name)
 
     results = {}
