@@ -528,7 +528,7 @@ class _JobState:
 
 def _run_blocks(items: list[tuple[int, tuple[int, ...]]], *jobs: _ImageJob, progress: Callable | None = None) -> _TaskResult:
     """Predict and store blocks ``(job number, grid index)`` of one or more images, overlapped."""
-    from ..io.zarr_store import check_aligned
+    from ..io.zarr_store import write_and_mark
 
     states: dict[int, _JobState] = {}
 
@@ -555,9 +555,7 @@ def _run_blocks(items: list[tuple[int, tuple[int, ...]]], *jobs: _ImageJob, prog
         job = jobs[k]
         st, block, tile_shape, raw = result
         values = finish_block(job.model, raw, block, tile_shape, slice_wise=job.slice_wise, where=job.where)
-        check_aligned(st.arr, block.inner, where=f"{job.store}/{job.array}")
-        st.arr[(slice(None),) + block.inner] = values
-        st.done[index] = 1  # only after the data is in place
+        write_and_mark(st.arr, st.done, block.inner, index, values, where=f"{job.store}/{job.array}")  # data, then marker
         if progress is not None:
             progress(1)
 

@@ -140,15 +140,32 @@ class PredictionStore:
     def write_block(self, name: str, inner: Sequence[slice], index: Sequence[int], values: np.ndarray, *, array=None) -> None:
         """Write one block's values (C, *inner) and then mark it finished."""
         arr = array if array is not None else self.array(name, mode="r+")
-        check_aligned(arr, inner, where=f"{self.path}/{array_name(name)}")
-        arr[(slice(None),) + tuple(inner)] = values
-        done = self._done_array(name)
-        done[tuple(int(i) for i in index)] = 1
+        write_and_mark(arr, self._done_array(name), inner, index, values, where=f"{self.path}/{array_name(name)}")
 
     def _done_array(self, name: str):
         import zarr
 
         return zarr.open_array(str(self.path), path=f"{DONE_GROUP}/{array_name(name)}", mode="r+")
+
+
+def write_and_mark(array, done, inner: Sequence[slice], index: Sequence[int], values: np.ndarray, *, where: str) -> None:
+    """Write one block's values (C, *inner) to `array`, then set ``done[index] = 1``.
+
+    Both happen in one call into zarr's event loop (awaited in that order, so a block is
+    never marked before its data is stored): each call hands work to zarr's IO thread and
+    back, which costs milliseconds per call on a busy machine.
+    """
+    from zarr.core.sync import sync
+
+    check_aligned(array, inner, where=where)
+    selection = (slice(None),) + tuple(inner)
+    marker = tuple(int(i) for i in index)
+
+    async def store():
+        await array.async_array.setitem(selection, values)
+        await done.async_array.setitem(marker, np.uint8(1))
+
+    sync(store())
 
 
 def check_aligned(array, inner: Sequence[slice], *, where: str) -> None:
@@ -163,4 +180,4 @@ def check_aligned(array, inner: Sequence[slice], *, where: str) -> None:
             )
 
 
-__all__ = ["DONE_GROUP", "PredictionStore", "array_name", "check_aligned"]
+__all__ = ["DONE_GROUP", "PredictionStore", "array_name", "check_aligned", "write_and_mark"]
