@@ -12,7 +12,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 if [ -n "${SEGRANK_ORT_WHEEL:-}" ]; then
   python3 -m pip install -q --no-deps --target /tmp/segrank-ort "$SEGRANK_ORT_WHEEL"
   export PYTHONPATH=/tmp/segrank-ort${PYTHONPATH:+:$PYTHONPATH}
+elif [ -n "${SEGRANK_ORT_DIR:-}" ]; then  # an unpacked onnxruntime-gpu wheel
+  export PYTHONPATH=$SEGRANK_ORT_DIR${PYTHONPATH:+:$PYTHONPATH}
 fi
+# CUDA / cuDNN libraries shipped as nvidia-* Python packages (e.g. beside a CUDA PyTorch)
+nvlibs=$(python3 -c "import glob, site; print(':'.join(sorted({p for s in site.getsitepackages() for p in glob.glob(s + '/nvidia/**/lib', recursive=True)})))" 2>/dev/null || true)
+[ -n "$nvlibs" ] && export LD_LIBRARY_PATH=$nvlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
 python3 -m pip install -q --no-deps --no-build-isolation . 2>&1 | tail -2
 cd /tmp  # import the installed package, not the source folder
 python3 "$OLDPWD/benchmarks/gpu_check.py" --out "$OLDPWD/$out/gpu_check.json"

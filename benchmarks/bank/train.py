@@ -23,6 +23,8 @@ import argparse
 import csv
 import json
 import math
+import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +35,7 @@ import tifffile
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DATA = Path("/work/shared/data")
+DATA = Path(os.environ.get("SEGRANK_DATA", "/work/shared/data"))  # override to train elsewhere
 SPLITS = HERE / "splits.json"
 WORK = HERE / ".work"
 SPLIT_SEED = 2018
@@ -81,6 +83,7 @@ class Spec:
     crop: int = 128
     lr: float = 2e-3
     intensity_aug: float = 1.0  # 0 = none, 1 = the standard ranges (scaled)
+    geometric_aug: float = 0.0  # small rotations + elastic deformation (0 = off, 1 = standard)
     eval_every: int = 100
     patience: int = 5
     seed: int = 0
@@ -115,6 +118,9 @@ MODELS: list[Spec] = [
 ]
 
 
+GEO = dict(geometric_aug=1.0)  # full regimes: small rotations + elastic too (the authors' recipe)
+
+
 def _nuclei_bank(bank: str, head: str) -> list[Spec]:
     """The full nuclei bank: every training source x (long, short, no-intensity-aug) regimes."""
     sources = {
@@ -127,12 +133,12 @@ def _nuclei_bank(bank: str, head: str) -> list[Spec]:
     }
     out = []
     for key, src in sources.items():
-        out.append(Spec(f"{key}-long", bank, src, head=head, max_iters=3000, snapshots=(300,),
+        out.append(Spec(f"{key}-long", bank, src, head=head, max_iters=3000, snapshots=(300,), **GEO,
                         note="long regime (+ checkpoint at 300 iterations)"))
         out.append(Spec(f"{key}-short", bank, src, head=head, max_iters=150, eval_every=50,
                         intensity_aug=0.0, note="short regime, no intensity aug"))
     out.append(Spec("dsb-all-deep", bank, sources["dsb256"] + sources["dsb520"] + sources["dsb360"],
-                    head=head, base=8, depth=4, max_iters=3000, dropout=0.1,
+                    head=head, base=8, depth=4, max_iters=3000, dropout=0.1, **GEO,
                     note="all DSB groups, deeper (depth 4, base 8), dropout 0.1 in training"))
     return out
 
@@ -143,17 +149,17 @@ def _em_bank(bank: str, structure: str) -> list[Spec]:
     for key, ds in (("epfl", "epfl_hippocampus"), ("vnc", "vnc_drosophila")):
         src = ((ds, None),)
         out += [
-            Spec(f"{key}-long", bank, src, structure=structure, max_iters=3000, snapshots=(300,),
+            Spec(f"{key}-long", bank, src, structure=structure, max_iters=3000, snapshots=(300,), **GEO,
                  note="long regime (+ checkpoint at 300 iterations)"),
-            Spec(f"{key}-wide", bank, src, structure=structure, base=20, max_iters=2000,
+            Spec(f"{key}-wide", bank, src, structure=structure, base=20, max_iters=2000, **GEO,
                  note="wider (base 20)"),
             Spec(f"{key}-mid-noaug", bank, src, structure=structure, max_iters=500, intensity_aug=0.0,
                  note="medium, no intensity aug"),
             Spec(f"{key}-short", bank, src, structure=structure, max_iters=100, eval_every=25,
                  intensity_aug=0.0, note="short"),
-            Spec(f"{key}-strongaug", bank, src, structure=structure, max_iters=1500, intensity_aug=2.0,
+            Spec(f"{key}-strongaug", bank, src, structure=structure, max_iters=1500, intensity_aug=2.0, **GEO,
                  note="double-strength intensity aug"),
-            Spec(f"{key}-dropout", bank, src, structure=structure, max_iters=1500, dropout=0.2,
+            Spec(f"{key}-dropout", bank, src, structure=structure, max_iters=1500, dropout=0.2, **GEO,
                  note="dropout 0.2 in training"),
         ]
     return out
@@ -282,6 +288,9 @@ def sample_batch(pairs, spec: Spec, gen: np.random.Generator):
                 break
         x = img[y0:y0 + s, x0:x0 + s]
         y = [fg[y0:y0 + s, x0:x0 + s]] + ([bd[y0:y0 + s, x0:x0 + s]] if bd is not None else [])
+        if spec.geometric_aug > 0:
+            x, y = warp_crop(img, [fg] + ([bd] if bd is not None else []), y0, x0, s,
+                             spec.geometric_aug, gen, default=(x, y))
         k, flip = gen.integers(4), gen.integers(2)
         x = np.rot90(x, k)
         y = [np.rot90(c, k) for c in y]
@@ -291,6 +300,32 @@ def sample_batch(pairs, spec: Spec, gen: np.random.Generator):
         xs.append(np.ascontiguousarray(x)[None])
         ys.append(np.stack([np.ascontiguousarray(c) for c in y]))
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+
+
+def warp_crop(img, masks, y0, x0, s, strength, gen, *, default):
+    """Small rotation (p = 0.5, +-15 deg x strength) and elastic deformation (p = 0.3, smooth
+    displacement with 2 px x strength standard deviation, sigma 8 px) of the s x s crop at
+    (y0, x0), sampled from the whole image (mirrored at its border) so the crop has no empty
+    corners. Image bilinear, masks nearest. Returns `default` when neither is drawn.
+    """
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    rotate, elastic = gen.random() < 0.5, gen.random() < 0.3
+    if not (rotate or elastic):
+        return default
+    c = (s - 1) / 2
+    dy, dx = np.mgrid[0:s, 0:s].astype(np.float32) - c
+    if rotate:
+        a = math.radians(gen.uniform(-15, 15) * strength)
+        dy, dx = math.cos(a) * dy - math.sin(a) * dx, math.sin(a) * dy + math.cos(a) * dx
+    if elastic:
+        for d in (dy, dx):
+            field = gaussian_filter(gen.uniform(-1, 1, (s, s)).astype(np.float32), 8)
+            d += field * (2.0 * strength / (field.std() + 1e-6))
+    coords = np.stack([dy + y0 + c, dx + x0 + c])
+    x = map_coordinates(img, coords, order=1, mode="mirror").astype(np.float32)
+    ys = [map_coordinates(m, coords, order=0, mode="mirror") for m in masks]
+    return x, ys
 
 
 def augment_intensity(x: np.ndarray, strength: float, gen: np.random.Generator) -> np.ndarray:
@@ -402,38 +437,64 @@ def evaluate(net, crops) -> float:
 
     net.eval()
     scores = []
+    device = next(net.parameters()).device
     with torch.no_grad():
         for img, fg in crops:
-            logits = net(torch.from_numpy(img)[None, None])[0, 0].numpy()
+            logits = net(torch.from_numpy(img)[None, None].to(device))[0, 0].cpu().numpy()
             scores.append(dice(logits > 0, fg > 0))
     net.train()
     return float(np.median(scores))
 
 
 # ----------------------------------------------------------------------------- training
-def train(spec: Spec, *, log=print) -> dict:
-    """Train (or resume) one model; returns the card facts of its best checkpoint."""
+def _cpu_copy(state_dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+
+
+def _facts(st: dict) -> dict:
+    facts = {k: st[k] for k in ("best_dice", "best_iteration", "iteration", "history", "seconds",
+                                "n_train", "n_val_crops")}
+    facts["snapshots"] = st.get("snapshots", {})
+    facts["device"] = st.get("device", "cpu")
+    return facts
+
+
+def train(spec: Spec, *, device: str = "cpu", log=print) -> dict:
+    """Train (or resume) one model; returns the card facts of its best checkpoint.
+
+    A finished model keeps only `final.pt` (spec, progress with the best and snapshot weights),
+    small enough to move between machines; `state.pt` is the full resumable training state.
+    """
     import torch
 
     work = WORK / spec.bank / spec.name
     work.mkdir(parents=True, exist_ok=True)
-    state_path = work / "state.pt"
+    state_path, final_path = work / "state.pt", work / "final.pt"
     torch.manual_seed(spec.seed)
     net = build_unet(spec)
+    if final_path.exists():
+        saved = torch.load(final_path, weights_only=False, map_location="cpu")
+        if _spec_changed(saved["spec"], spec):
+            raise SystemExit(f"{final_path}: spec changed since this model was trained; delete it to retrain")
+        st = saved["progress"]
+        net.load_state_dict(st["best_weights"])
+        net.eval()
+        return _facts(st), net
+    net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=spec.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.max_iters, eta_min=spec.lr * 0.05)
     gen = np.random.default_rng([spec.seed, 7])
     st = {"iteration": 0, "best_dice": -1.0, "best_iteration": 0, "best_weights": None, "history": [],
           "since_best": 0, "done": False, "seconds": 0.0, "snapshots": {}}
     if state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
+        saved = torch.load(state_path, weights_only=False, map_location=device)
         if _spec_changed(saved["spec"], spec):
             raise SystemExit(f"{state_path}: spec changed since this checkpoint; delete it to retrain")
         net.load_state_dict(saved["weights"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         gen.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
         st = saved["progress"]
         log(f"{spec.name}: resumed at iteration {st['iteration']}")
 
@@ -445,6 +506,7 @@ def train(spec: Spec, *, log=print) -> dict:
         tmp.replace(state_path)
 
     if not st["done"]:
+        st["device"] = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
         train_pairs = load_pairs(spec, "train")
         crops = val_crops(load_pairs(spec, "val"), spec)
         st["n_train"], st["n_val_crops"] = len(train_pairs), len(crops)
@@ -453,7 +515,8 @@ def train(spec: Spec, *, log=print) -> dict:
         running = []
         while st["iteration"] < spec.max_iters:
             x, y = sample_batch(train_pairs, spec, gen)
-            loss = loss_fn(net(torch.from_numpy(x)), torch.from_numpy(y))
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            loss = loss_fn(net(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -464,7 +527,7 @@ def train(spec: Spec, *, log=print) -> dict:
             if it in spec.snapshots:  # an early checkpoint kept as an extra regime
                 d = evaluate(net, crops)
                 st.setdefault("snapshots", {})[it] = {
-                    "val_dice": d, "weights": {k: v.clone() for k, v in net.state_dict().items()}}
+                    "val_dice": d, "weights": _cpu_copy(net.state_dict())}
                 log(f"{spec.name}: snapshot at it {it}, val dice {d:.4f}")
             if it % spec.eval_every == 0 or it == spec.max_iters:
                 d = evaluate(net, crops)
@@ -474,7 +537,7 @@ def train(spec: Spec, *, log=print) -> dict:
                 running = []
                 if d > st["best_dice"]:
                     st.update(best_dice=d, best_iteration=it, since_best=0,
-                              best_weights={k: v.clone() for k, v in net.state_dict().items()})
+                              best_weights=_cpu_copy(net.state_dict()))
                 else:
                     st["since_best"] += 1
                 log(f"{spec.name}: it {it}/{spec.max_iters} loss {st['history'][-1]['loss']:.4f} "
@@ -486,12 +549,14 @@ def train(spec: Spec, *, log=print) -> dict:
                 save()
         st["done"] = True
         save()
+    tmp = final_path.with_suffix(".tmp")
+    torch.save({"spec": asdict(spec), "progress": st}, tmp)
+    tmp.replace(final_path)
+    state_path.unlink(missing_ok=True)
+    net.to("cpu")
     net.load_state_dict(st["best_weights"])
     net.eval()
-    facts = {k: st[k] for k in ("best_dice", "best_iteration", "iteration", "history", "seconds",
-                                "n_train", "n_val_crops")}
-    facts["snapshots"] = st.get("snapshots", {})
-    return facts, net
+    return _facts(st), net
 
 
 def snapshot_models(spec: Spec, net, facts: dict):
@@ -552,11 +617,13 @@ def export(spec: Spec, net, facts: dict, out_dir: Path) -> Path:
             "best_iteration": facts["best_iteration"], "batch": spec.batch, "crop": spec.crop,
             "optimizer": f"Adam lr {spec.lr}, cosine to {spec.lr * 0.05:g}", "loss": "BCE + Dice",
             "augmentation": "flips, 90-degree rotations" + (
+                f"; small rotations (+-{15 * spec.geometric_aug:g} deg) and elastic deformation"
+                if spec.geometric_aug > 0 else "") + (
                 f"; intensity (contrast, brightness, gamma, Gaussian noise) strength {spec.intensity_aug}"
                 if spec.intensity_aug > 0 else "; no intensity augmentation"),
             "dropout_in_training": spec.dropout,
             "early_stopping": f"val Dice every {spec.eval_every} it, patience {spec.patience}",
-            "seed": spec.seed, "cpu_seconds": round(facts["seconds"]),
+            "seed": spec.seed, "seconds": round(facts["seconds"]), "device": facts.get("device", "cpu"),
             "regime_note": spec.note,
         },
         "validation": {"metric": "median per-image foreground Dice at p>0.5 on central crops "
@@ -616,9 +683,14 @@ def main(argv=None) -> int:
     sub.add_parser("splits", help="write splits.json (or check that it matches the seed)")
     sub.add_parser("list", help="print every bank's model specs")
     t = sub.add_parser("train", help="train, export and write sidecars (resumable)")
-    t.add_argument("--bank", required=True, choices=sorted(BANK_DIRS))
+    t.add_argument("--bank", required=True, nargs="+", choices=sorted(BANK_DIRS))
     t.add_argument("--only", nargs="*", help="model names (default: all of the bank)")
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    t.add_argument("--jobs", type=int, default=1,
+                   help="train this many models at once, one process each (logs in .work/<bank>/<model>/)")
+    t.add_argument("--no-export", action="store_true",
+                   help="train only; export later (e.g. train on a GPU machine, export here)")
     t.add_argument("--out", type=Path, help="bank folder (default: the bank's folder)")
     t.add_argument("--force-export", action="store_true", help="re-export finished models")
     args = p.parse_args(argv)
@@ -640,29 +712,65 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
     load_splits()
-    out_dir = args.out or BANK_DIRS[args.bank]
-    specs = [s for s in MODELS if s.bank == args.bank and (not args.only or s.name in args.only)]
-    if args.only and len(specs) != len(args.only):
-        raise SystemExit(f"unknown model(s) in --only for bank {args.bank}")
+    if args.out and len(args.bank) > 1:
+        raise SystemExit("--out needs a single --bank")
+    specs = [s for s in MODELS if s.bank in args.bank and (not args.only or s.name in args.only)]
+    if args.only and len({s.name for s in specs}) != len(set(args.only)):
+        raise SystemExit(f"unknown model(s) in --only for bank(s) {args.bank}")
 
     def log(msg):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
-    def exported(name):
-        return (out_dir / f"{name}.onnx").exists() and (out_dir / f"{name}.yaml").exists()
+    def out_dir(spec):
+        return args.out or BANK_DIRS[spec.bank]
+
+    def exported(spec, name):
+        return (out_dir(spec) / f"{name}.onnx").exists() and (out_dir(spec) / f"{name}.yaml").exists()
+
+    def pending(spec):
+        names = [spec.name] + [f"{spec.name}-it{it}" for it in spec.snapshots]
+        return args.force_export or not all(exported(spec, n) for n in names)
+
+    if args.jobs > 1:  # one child process per model, at most `jobs` at a time; export below
+        todo = [s for s in specs if pending(s) and not (WORK / s.bank / s.name / "final.pt").exists()]
+        running: list[tuple[Spec, subprocess.Popen]] = []
+        failed = []
+        while todo or running:
+            while todo and len(running) < args.jobs:
+                s = todo.pop(0)
+                logfile = WORK / s.bank / s.name / "train.log"
+                logfile.parent.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, __file__, "train", "--bank", s.bank, "--only", s.name, "--no-export",
+                       "--threads", str(args.threads), "--device", args.device]
+                running.append((s, subprocess.Popen(cmd, stdout=open(logfile, "a"), stderr=subprocess.STDOUT)))
+                log(f"{s.bank}/{s.name}: started")
+            time.sleep(1)
+            for s, proc in list(running):
+                if proc.poll() is not None:
+                    running.remove((s, proc))
+                    log(f"{s.bank}/{s.name}: " + ("done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"))
+                    if proc.returncode:
+                        failed.append(s)
+        if failed:
+            raise SystemExit(f"{len(failed)} model(s) failed: " + ", ".join(f"{s.bank}/{s.name}" for s in failed))
 
     for spec in specs:
-        names = [spec.name] + [f"{spec.name}-it{it}" for it in spec.snapshots]
-        if all(exported(n) for n in names) and not args.force_export:
+        if not pending(spec):
             log(f"{spec.name}: exported already, skipped")
             continue
-        facts, net = train(spec, log=log)
-        path = export(spec, net, facts, out_dir)
+        facts, net = train(spec, device=args.device, log=log)
+        if args.no_export:
+            log(f"{spec.bank}/{spec.name}: trained, val dice {facts['best_dice']:.4f} (not exported)")
+            continue
+        out_dir_ = out_dir(spec)
+        path = export(spec, net, facts, out_dir_)
         log(f"{spec.name}: exported {path} ({path.stat().st_size / 1e6:.2f} MB), "
             f"val dice {facts['best_dice']:.4f}")
         for s, n, f in snapshot_models(spec, net, facts):
-            path = export(s, n, f, out_dir)
+            path = export(s, n, f, out_dir_)
             log(f"{s.name}: exported {path}, val dice {f['best_dice']:.4f}")
     return 0
 
