@@ -141,28 +141,28 @@ struct element_rule<std::uint8_t> {
     return c.ei8[w];
   }
 };
-template <>
-struct element_rule<float> {
-  static bool fg(float v, const binary_config& c) { return v > c.tf; }
-  static std::uint64_t units(float u, float p, const binary_config& c) {
+// float and double share one rule, each with its own threshold (see binary_config).
+template <class F>
+struct floating_rule {
+  static F threshold(const binary_config& c) {
+    if constexpr (std::is_same<F, float>::value)
+      return c.tf;
+    else
+      return c.td;
+  }
+  static bool fg(F v, const binary_config& c) { return v > threshold(c); }
+  static std::uint64_t units(F u, F p, const binary_config& c) {
     if (c.background) {
-      u = 1.f - u;
-      p = 1.f - p;
+      u = F(1) - u;
+      p = F(1) - p;
     }
     return fixed_units(std::sqrt(u * p));
   }
 };
 template <>
-struct element_rule<double> {
-  static bool fg(double v, const binary_config& c) { return v > c.td; }
-  static std::uint64_t units(double u, double p, const binary_config& c) {
-    if (c.background) {
-      u = 1.0 - u;
-      p = 1.0 - p;
-    }
-    return fixed_units(std::sqrt(u * p));
-  }
-};
+struct element_rule<float> : floating_rule<float> {};
+template <>
+struct element_rule<double> : floating_rule<double> {};
 template <>
 struct element_rule<float16> {
   static bool fg(float16 v, const binary_config& c) { return half_to_float(v.bits) > c.tf; }
@@ -285,43 +285,46 @@ SEGRANK_TARGET_AVX2 inline __m256 load8_ps(const char* p, std::ptrdiff_t k) {
   return _mm256_loadu_ps(reinterpret_cast<const float*>(p) + k);
 }
 
-// float32 / float16 probabilities: eight lanes of float compares, counts in 32-bit lanes, EI
-// units from sqrt in float, rounded to 2^-30 and widened to 64-bit lanes.
-template <bool Half>
-SEGRANK_TARGET_AVX2 inline std::ptrdiff_t binary_float_avx2(const char* a, const char* b, std::ptrdiff_t n,
+// float32 / float16 probabilities, 16 pixels per step and no branches: the foreground pattern
+// changes every few pixels, so a skip test would mispredict more often than the sqrt it saves
+// costs. Counts live in 32-bit lanes; EI units (rounded sqrt in float, the portable rule) of two
+// vectors add in 32-bit lanes (2 * 2^30 fits) and widen to 64-bit lanes once per step.
+template <bool Half, bool Background>
+SEGRANK_TARGET_AVX2 inline std::ptrdiff_t binary_float_lanes_avx2(const char* a, const char* b, std::ptrdiff_t n,
                                                            const binary_config& c, binary_counts& acc) {
+  // Background: not (v > t), NaN included.
+  constexpr int predicate = Background ? _CMP_NGT_UQ : _CMP_GT_OQ;
   const __m256 tf = _mm256_set1_ps(c.tf);
   const __m256 one = _mm256_set1_ps(1.f);
-  const __m256 zero_ps = _mm256_setzero_ps();
+  const __m256 zero = _mm256_setzero_ps();
   const __m256 scale = _mm256_set1_ps(1073741824.0f);
-  const __m256 flip = c.background ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : zero_ps;
-  const std::ptrdiff_t n8 = n & ~std::ptrdiff_t(7);
+  const __m256i low_half = _mm256_set1_epi64x(0xffffffffll);
+  const std::ptrdiff_t n16 = n & ~std::ptrdiff_t(15);
   std::ptrdiff_t i = 0;
   std::uint64_t n_and = 0, n_or = 0;
-  __m256i u64 = _mm256_setzero_si256();
-  while (i < n8) {
-    // 32-bit lane counters: drain every 2^20 steps
-    const std::ptrdiff_t steps = std::min<std::ptrdiff_t>((n8 - i) / 8, std::ptrdiff_t(1) << 20);
+  while (i < n16) {
+    // Lanes gain <= 2 counts and < 2^32 units per step: drain every 2^20 steps.
+    const std::ptrdiff_t stop = std::min<std::ptrdiff_t>(n16, i + (std::ptrdiff_t(16) << 20));
     __m256i c_and = _mm256_setzero_si256(), c_or = _mm256_setzero_si256();
-    for (std::ptrdiff_t s = 0; s < steps; ++s, i += 8) {
-      __m256 va = load8_ps<Half>(a, i), vb = load8_ps<Half>(b, i);
-      const __m256 fa = _mm256_xor_ps(_mm256_cmp_ps(va, tf, _CMP_GT_OQ), flip);
-      const __m256 fb = _mm256_xor_ps(_mm256_cmp_ps(vb, tf, _CMP_GT_OQ), flip);
-      const __m256i m_and = _mm256_castps_si256(_mm256_and_ps(fa, fb));
-      c_and = _mm256_sub_epi32(c_and, m_and);
-      c_or = _mm256_sub_epi32(c_or, _mm256_castps_si256(_mm256_or_ps(fa, fb)));
-      if (!_mm256_testz_si256(m_and, m_and)) {
-        if (c.background) {
+    __m256i u_even = _mm256_setzero_si256(), u_odd = _mm256_setzero_si256();
+    for (; i < stop; i += 16) {
+      __m256i q2 = _mm256_setzero_si256();
+      for (int k = 0; k < 16; k += 8) {
+        __m256 va = load8_ps<Half>(a, i + k), vb = load8_ps<Half>(b, i + k);
+        const __m256 fa = _mm256_cmp_ps(va, tf, predicate), fb = _mm256_cmp_ps(vb, tf, predicate);
+        const __m256 m_and = _mm256_and_ps(fa, fb);
+        c_and = _mm256_sub_epi32(c_and, _mm256_castps_si256(m_and));
+        c_or = _mm256_sub_epi32(c_or, _mm256_castps_si256(_mm256_or_ps(fa, fb)));
+        if (Background) {
           va = _mm256_sub_ps(one, va);
           vb = _mm256_sub_ps(one, vb);
         }
-        __m256 s8 = _mm256_sqrt_ps(_mm256_mul_ps(va, vb));
-        s8 = _mm256_min_ps(_mm256_max_ps(s8, zero_ps), one);
-        __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(s8, scale));
-        q = _mm256_and_si256(q, m_and);
-        u64 = _mm256_add_epi64(u64, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(q)));
-        u64 = _mm256_add_epi64(u64, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(q, 1)));
+        const __m256 s = _mm256_min_ps(_mm256_max_ps(_mm256_sqrt_ps(_mm256_mul_ps(va, vb)), zero), one);
+        const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(s, scale));
+        q2 = _mm256_add_epi32(q2, _mm256_and_si256(q, _mm256_castps_si256(m_and)));
       }
+      u_even = _mm256_add_epi64(u_even, _mm256_and_si256(q2, low_half));
+      u_odd = _mm256_add_epi64(u_odd, _mm256_srli_epi64(q2, 32));
     }
     alignas(32) std::uint32_t ta[8], to[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(ta), c_and);
@@ -330,12 +333,19 @@ SEGRANK_TARGET_AVX2 inline std::ptrdiff_t binary_float_avx2(const char* a, const
       n_and += ta[k];
       n_or += to[k];
     }
-    acc.ei_units += hsum_epi64(u64);  // each lane gained < 2^52 since the last drain
-    u64 = _mm256_setzero_si256();
+    acc.ei_units += hsum_epi64(u_even);  // each lane gained < 2^52 since the last drain
+    acc.ei_units += hsum_epi64(u_odd);
   }
   acc.n_and += n_and;
   acc.n_or += n_or;
-  return n8;
+  return n16;
+}
+
+template <bool Half>
+SEGRANK_TARGET_AVX2 inline std::ptrdiff_t binary_float_avx2(const char* a, const char* b, std::ptrdiff_t n,
+                                                           const binary_config& c, binary_counts& acc) {
+  return c.background ? binary_float_lanes_avx2<Half, true>(a, b, n, c, acc)
+                      : binary_float_lanes_avx2<Half, false>(a, b, n, c, acc);
 }
 
 // float64 probabilities: four lanes, sqrt in double.
@@ -434,30 +444,12 @@ void binary_segment(const char* pa, std::ptrdiff_t sa, const char* pb, std::ptrd
   if (done < n) binary_segment_portable<T>(pa + done * sa, sa, pb + done * sb, sb, n - done, c, acc);
 }
 
+// The element type the kernels read: bool as uint8, signed integers as their unsigned twins
+// (masks only ask zero or not), everything else as it is.
 template <class T>
-struct binary_storage {
-  using type = T;
-};
-template <>
-struct binary_storage<bool> {
-  using type = std::uint8_t;
-};
-template <>
-struct binary_storage<std::int8_t> {
-  using type = std::uint8_t;
-};
-template <>
-struct binary_storage<std::int16_t> {
-  using type = std::uint16_t;
-};
-template <>
-struct binary_storage<std::int32_t> {
-  using type = std::uint32_t;
-};
-template <>
-struct binary_storage<std::int64_t> {
-  using type = std::uint64_t;
-};
+using binary_storage_t = typename std::conditional_t<
+    std::is_same<T, bool>::value, std::common_type<std::uint8_t>,
+    std::conditional_t<std::is_integral<T>::value, std::make_unsigned<T>, std::common_type<T>>>::type;
 
 }  // namespace detail
 
@@ -467,7 +459,7 @@ struct binary_storage<std::int64_t> {
 // masks).
 template <class T>
 binary_counts binary_consistency(const array_view<T>& a, const array_view<T>& b, const binary_options& options = {}) {
-  using S = typename detail::binary_storage<T>::type;
+  using S = detail::binary_storage_t<T>;
   constexpr bool probability_type = std::is_floating_point<T>::value || std::is_same<T, float16>::value ||
                                     std::is_same<T, std::uint8_t>::value;
   const bool masks = options.masks || !probability_type;

@@ -110,13 +110,42 @@ inline void prefetch_address(const void* p) {
 #endif
 }
 
+// Prefetches the cache lines of [p, p + bytes): a prefetch past the end of an array is harmless.
+inline void prefetch_span(const void* p, std::size_t bytes) {
+  for (std::size_t off = 0; off < bytes; off += 64) prefetch_address(static_cast<const char*>(p) + off);
+}
+
+// How a label pair is stored and hashed: both ids in one 64-bit word when they fit in 32 bits,
+// else as two words.
+struct packed_pair_key {
+  std::uint64_t k = 0;
+  static packed_pair_key of(std::uint64_t r, std::uint64_t s) { return {(r << 32) | s}; }
+  std::uint64_t ref() const { return k >> 32; }
+  std::uint64_t test() const { return k & 0xffffffffu; }
+  std::uint64_t mix() const { return k * 0x9E3779B97F4A7C15ull; }  // top bits index the tables
+  bool operator==(const packed_pair_key& o) const { return k == o.k; }
+};
+struct wide_pair_key {
+  std::uint64_t r = 0, s = 0;
+  static wide_pair_key of(std::uint64_t r, std::uint64_t s) { return {r, s}; }
+  std::uint64_t ref() const { return r; }
+  std::uint64_t test() const { return s; }
+  std::uint64_t mix() const {
+    std::uint64_t x = r * 0x9E3779B97F4A7C15ull ^ (s + 0x632BE59BD9B4E019ull);
+    x ^= x >> 31;
+    return x * 0xD6E8FEB86659FD93ull;
+  }
+  bool operator==(const wide_pair_key& o) const { return r == o.r && s == o.s; }
+};
+
 // Open-addressing (linear probing) counters keyed by the label pair. Count 0 marks an empty
 // slot, so every id, 0 and the dtype maximum included, is a valid key.
-class packed_pair_counter {  // both ids fit in 32 bits: one 64-bit key
+template <class Key>
+class pair_counter {
  public:
-  packed_pair_counter() { rehash(1 << 12); }
-  void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
-    const std::uint64_t key = (r << 32) | s;
+  using key_type = Key;
+  pair_counter() { rehash(1 << 12); }
+  void add(Key key, std::uint64_t n) {
     std::size_t i = index(key);
     for (;;) {
       slot& e = slots_[i];
@@ -133,21 +162,21 @@ class packed_pair_counter {  // both ids fit in 32 bits: one 64-bit key
       i = (i + 1) & mask_;
     }
   }
-  void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index((r << 32) | s)]); }
+  void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) { add(Key::of(r, s), n); }
+  void prefetch(Key key) const { prefetch_address(&slots_[index(key)]); }
   template <class F>
   void for_each(F&& f) const {
     for (const auto& e : slots_)
-      if (e.n) f(e.key >> 32, e.key & 0xffffffffu, e.n);
+      if (e.n) f(e.key.ref(), e.key.test(), e.n);
   }
   std::size_t size() const { return used_; }
 
  private:
   struct slot {
-    std::uint64_t key = 0, n = 0;
+    Key key{};
+    std::uint64_t n = 0;
   };
-  std::size_t index(std::uint64_t key) const {
-    return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
-  }
+  std::size_t index(Key key) const { return static_cast<std::size_t>(key.mix() >> shift_); }
   void rehash(std::size_t capacity) {
     std::vector<slot> old;
     old.swap(slots_);
@@ -157,74 +186,21 @@ class packed_pair_counter {  // both ids fit in 32 bits: one 64-bit key
     for (std::size_t c = capacity; c > 1; c >>= 1) --shift_;
     used_ = 0;
     for (const auto& e : old)
-      if (e.n) add(e.key >> 32, e.key & 0xffffffffu, e.n);
+      if (e.n) add(e.key, e.n);
   }
   std::vector<slot> slots_;
   std::size_t mask_ = 0, used_ = 0;
   int shift_ = 64;
 };
-
-class wide_pair_counter {  // 64-bit ids
- public:
-  wide_pair_counter() { rehash(1 << 12); }
-  void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
-    std::size_t i = index(r, s);
-    for (;;) {
-      slot& e = slots_[i];
-      if (e.n == 0) {
-        e.r = r;
-        e.s = s;
-        e.n = n;
-        if (++used_ * 4 > slots_.size() * 3) rehash(slots_.size() * 2);  // load <= 3/4
-        return;
-      }
-      if (e.r == r && e.s == s) {
-        e.n += n;
-        return;
-      }
-      i = (i + 1) & mask_;
-    }
-  }
-  void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index(r, s)]); }
-  template <class F>
-  void for_each(F&& f) const {
-    for (const auto& e : slots_)
-      if (e.n) f(e.r, e.s, e.n);
-  }
-  std::size_t size() const { return used_; }
-
- private:
-  struct slot {
-    std::uint64_t r = 0, s = 0, n = 0;
-  };
-  std::size_t index(std::uint64_t r, std::uint64_t s) const {
-    std::uint64_t x = r * 0x9E3779B97F4A7C15ull ^ (s + 0x632BE59BD9B4E019ull);
-    x ^= x >> 31;
-    return static_cast<std::size_t>((x * 0xD6E8FEB86659FD93ull) >> shift_);
-  }
-  void rehash(std::size_t capacity) {
-    std::vector<slot> old;
-    old.swap(slots_);
-    slots_.assign(capacity, slot{});
-    mask_ = capacity - 1;
-    shift_ = 64;
-    for (std::size_t c = capacity; c > 1; c >>= 1) --shift_;
-    used_ = 0;
-    for (const auto& e : old)
-      if (e.n) add(e.r, e.s, e.n);
-  }
-  std::vector<slot> slots_;
-  std::size_t mask_ = 0, used_ = 0;
-  int shift_ = 64;
-};
+using packed_pair_counter = pair_counter<packed_pair_key>;
+using wide_pair_counter = pair_counter<wide_pair_key>;
 
 // A small direct-mapped cache of recent pairs in front of the big table. Consecutive rows of a
 // label image cross the same objects, so most runs hit a pair counted a row or two before;
-// the cache keeps those updates in L1 instead of a random access into a table of MBs.
+// the cache keeps those updates in L1/L2 instead of a random access into a table of MBs.
 template <class Counter>
 class cached_counter {
-  // Pairs of ids that fit in 32 bits each are cached as one 64-bit key.
-  static constexpr bool packed = std::is_same<Counter, packed_pair_counter>::value;
+  using Key = typename Counter::key_type;
 
  public:
   explicit cached_counter(Counter& main) : main_(main), slots_(size) {}
@@ -232,40 +208,23 @@ class cached_counter {
   cached_counter& operator=(const cached_counter&) = delete;
   ~cached_counter() { flush(); }
 
-  void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index(r, s)]); }
+  void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index(Key::of(r, s))]); }
 
   void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
     // An empty slot (n = 0) may match too: it then simply starts counting.
-    slot& e = slots_[index(r, s)];
-    if constexpr (packed) {
-      const std::uint64_t key = (r << 32) | s;
-      if (e.a == key) {
-        e.n += n;
-        return;
-      }
-      if (e.n) evict(e.a >> 32, e.a & 0xffffffffu, e.n);
-      e.a = key;
-      e.n = n;
-    } else {
-      if (e.a == r && e.b == s) {
-        e.n += n;
-        return;
-      }
-      if (e.n) evict(e.a, e.b, e.n);
-      e.a = r;
-      e.b = s;
-      e.n = n;
+    const Key key = Key::of(r, s);
+    slot& e = slots_[index(key)];
+    if (e.key == key) {
+      e.n += n;
+      return;
     }
+    if (e.n) evict(e);
+    e = slot{key, n};
   }
   void flush() {
     drain();
     for (auto& e : slots_) {
-      if (e.n) {
-        if constexpr (packed)
-          main_.add(e.a >> 32, e.a & 0xffffffffu, e.n);
-        else
-          main_.add(e.a, e.b, e.n);
-      }
+      if (e.n) main_.add(e.key, e.n);
       e.n = 0;
     }
   }
@@ -275,36 +234,27 @@ class cached_counter {
   static constexpr int bits = 13;
   static constexpr std::size_t size = std::size_t(1) << bits;
   static constexpr std::size_t batch = 32;
-  struct packed_slot {
-    std::uint64_t a = 0, n = 0;
-  };
-  struct wide_slot {
-    std::uint64_t a = 0, b = 0, n = 0;
-  };
-  using slot = std::conditional_t<packed, packed_slot, wide_slot>;
-  struct pending {
-    std::uint64_t r, s, n;
+  struct slot {
+    Key key{};
+    std::uint64_t n = 0;
   };
 
-  static std::size_t index(std::uint64_t r, std::uint64_t s) {
-    const std::uint64_t key = packed ? ((r << 32) | s) : ((r << 21) ^ s);
-    return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> (64 - bits));
-  }
+  static std::size_t index(Key key) { return static_cast<std::size_t>(key.mix() >> (64 - bits)); }
   // Evicted counts go to the big table in batches, prefetched first: its slots are mostly
   // outside the caches, and a batch overlaps those misses.
-  void evict(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
-    pending_[used_++] = {r, s, n};
+  void evict(const slot& e) {
+    pending_[used_++] = e;
     if (used_ == batch) drain();
   }
   void drain() {
-    for (std::size_t k = 0; k < used_; ++k) main_.prefetch(pending_[k].r, pending_[k].s);
-    for (std::size_t k = 0; k < used_; ++k) main_.add(pending_[k].r, pending_[k].s, pending_[k].n);
+    for (std::size_t k = 0; k < used_; ++k) main_.prefetch(pending_[k].key);
+    for (std::size_t k = 0; k < used_; ++k) main_.add(pending_[k].key, pending_[k].n);
     used_ = 0;
   }
 
   Counter& main_;
   std::vector<slot> slots_;
-  pending pending_[batch];
+  slot pending_[batch];
   std::size_t used_ = 0;
 };
 
@@ -353,21 +303,15 @@ void runs_portable(const char* pr, std::ptrdiff_t sr, const char* ps, std::ptrdi
 #if SEGRANK_X86_DISPATCH
 // Equality masks over 32 consecutive elements: bit k set when p[k] == q[k] (and, for the pair
 // versions, also p2[k] == q2[k]; same-width pairs are combined before the movemask).
-SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint8_t* p, const std::uint8_t* q) {
-  return _mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-}
-SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint16_t* p, const std::uint16_t* q) {
-  return _mm256_cmpeq_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-}
-SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint32_t* p, const std::uint32_t* q) {
-  return _mm256_cmpeq_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-}
-SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const std::uint64_t* p, const std::uint64_t* q) {
-  return _mm256_cmpeq_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+template <class T>
+SEGRANK_TARGET_AVX2 inline __m256i eq_vec_avx2(const T* p, const T* q) {
+  static_assert(std::is_unsigned<T>::value, "label storage types are unsigned");
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  if constexpr (sizeof(T) == 1) return _mm256_cmpeq_epi8(a, b);
+  if constexpr (sizeof(T) == 2) return _mm256_cmpeq_epi16(a, b);
+  if constexpr (sizeof(T) == 4) return _mm256_cmpeq_epi32(a, b);
+  if constexpr (sizeof(T) == 8) return _mm256_cmpeq_epi64(a, b);
 }
 
 // Bits of one 256-bit compare result, one per element of width W bytes.
@@ -429,12 +373,17 @@ SEGRANK_TARGET_AVX2 void runs_avx2(const R* r, const S* s, std::ptrdiff_t n, std
     // Two passes per block of pixels: event positions first (branch-free bit flattening), then
     // one counter update per run from that list, with no detection work in between.
     constexpr std::ptrdiff_t block = 1024;
+    constexpr std::ptrdiff_t prefetch_ahead = block;  // elements
     std::uint32_t pos[block + 64];
     while (i + 32 <= stop) {
       const std::ptrdiff_t base = i;
       const std::ptrdiff_t end = std::min(stop - 31, base + block);
       std::size_t count = 0;
       for (; i < end; i += 32) {
+        // The counting pass below runs from L1 and leaves the memory bus idle: ask for the
+        // block after next now, so that its rows arrive while this one is counted.
+        prefetch_span(r + i + prefetch_ahead, 32 * sizeof(R));
+        prefetch_span(s + i + prefetch_ahead, 32 * sizeof(S));
         std::uint32_t events = ~eq32_pair_avx2(r + i, r + i - 1, s + i, s + i - 1);
         const std::size_t n_ev = static_cast<std::size_t>(_mm_popcnt_u32(events));
         const std::uint32_t off = static_cast<std::uint32_t>(i - base);
