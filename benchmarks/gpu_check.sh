@@ -21,4 +21,5 @@ nvlibs=$(python3 -c "import glob, site; print(':'.join(sorted({p for s in site.g
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
 python3 -m pip install -q --no-deps --no-build-isolation . 2>&1 | tail -2
 cd /tmp  # import the installed package, not the source folder
-python3 "$OLDPWD/benchmarks/gpu_check.py" --out "$OLDPWD/$out/gpu_check.json"
+case $out in /*) ;; *) out=$OLDPWD/$out ;; esac
+python3 "$OLDPWD/benchmarks/gpu_check.py" --out "$out/gpu_check.json"

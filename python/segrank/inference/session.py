@@ -97,7 +97,12 @@ def create_session(model: Model, *, device: str = "auto", threads: int | None = 
                 # session; we say it once, in our own words, and remember it for this process.
                 ort.set_default_logger_severity(4)
                 try:
-                    session = ort.InferenceSession(path, _options(threads), providers=[CUDA, CPU])
+                    if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from nvidia-* Python packages, if any
+                        ort.preload_dlls()
+                    # TF32 convolutions differ from the CPU path by ~1e-3; full float32 keeps
+                    # scores provider-independent up to float rounding.
+                    session = ort.InferenceSession(path, _options(threads),
+                                                   providers=[(CUDA, {"use_tf32": "0"}), CPU])
                 finally:
                     ort.set_default_logger_severity(2)
                 if session.get_providers()[0] != CUDA:
