@@ -48,6 +48,38 @@ BLOCKS_PER_TASK = 16
 WHOLE_READ_BYTES = 256 << 20
 
 
+# --- memory ---------------------------------------------------------------------------------
+
+_MALLOC_TUNED = False
+# Buffers from this size on are mmapped, so freeing one returns it to the OS at once.
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_large_buffers() -> None:
+    """Have glibc map buffers of 1 MiB and more on their own, so that freeing returns them.
+
+    glibc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which
+    tile-sized buffers come from per-thread arenas that keep their high-water mark: peak RSS
+    then grows by ~100 MB per dask thread (benchmarks/inference.py, memory part: 1051 ->
+    625 MB with 4 threads). A fixed threshold stops that. Once per process; glibc only; an
+    explicit ``MALLOC_MMAP_THRESHOLD_`` in the environment is left alone.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 # --- axes -------------------------------------------------------------------------------
 
 
@@ -530,6 +562,7 @@ def _run_blocks(items: list[tuple[int, tuple[int, ...]]], *jobs: _ImageJob, prog
     """Predict and store blocks ``(job number, grid index)`` of one or more images, overlapped."""
     from ..io.zarr_store import write_and_mark
 
+    return_large_buffers()  # in this worker's process (a LocalCluster worker, or here)
     states: dict[int, _JobState] = {}
 
     def state(k: int) -> _JobState:
