@@ -5,7 +5,10 @@ Questions (issue 3) and how each is measured, every ratio against a baseline of 
 * overhead -- wall time of `predict_target` (read the Zarr input, normalise, pad, run, activate,
   crop, write the Zarr output, mark blocks done) over a 2D image and a volume, against plain
   ``session.run`` on exactly the same model inputs (built before timing) with the same session.
-  Goal: <= 10 % overhead.
+  Goal: <= 10 % overhead. Variants: sync (one block at a time, reads/writes overlapped with the
+  run), stepwise (sync without overlap), threads (the default threaded scheduler). ``--repeat``
+  interleaves the variants and keeps each one's minimum; CPU-time ratios (whole process) are
+  printed too, since on a shared machine they say more than wall time about the work added.
 * memory -- peak RSS of a fresh process predicting uint8 Zarr volumes of growing size
   (default scheduler); goal: under 1.5 GiB and flat as the volume grows.
 * throughput -- voxels per second of those same runs vs volume size; goal: flat (linear time).
@@ -15,7 +18,8 @@ Usage::
     nice python benchmarks/inference.py --preset small --threads 1   # fits a shared 2-core box
     python benchmarks/inference.py --preset full --device cuda       # issue sizes (GPU machine)
 
-Figures are printed and written to benchmarks/results/inference.json (``--out``).
+Figures are printed and appended as one run (machine, commit, label) to
+benchmarks/results/inference.json (``--out``); earlier runs in the file are kept.
 """
 from __future__ import annotations
 
