@@ -341,7 +341,8 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
         if any(v is not None for v in scores.values()):
             res.scores[SETTING_PREFIX + key] = scores
 
-    # --- rank: the sweep (with the main settings in it), EI, more repeats
+    # --- rank: the sweep (with the main settings in it), EI, more repeats; one prediction cache
+    # per target, so the EI and more-repeats runs reuse the NHD run's predictions
     metric_main = "rand" if info["kind"] == "instance" else "nhd"
     sweep = [f"dropout:{p:g}" for p in cfg.dropout_levels] + [f"noise:{s:g}" for s in cfg.noise_levels]
     main = [cfg.main_dropout, cfg.main_noise]
@@ -356,7 +357,7 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
         t0 = time.perf_counter()
         ranking = rank_dir_guard(out, lambda: rank(eligible, images_dir, out=out, perturbations=specs, metric=metric,
                                                     repeats=repeats, seed=cfg.seed, device=cfg.device, report=False,
-                                                    progress=True))
+                                                    progress=True, cache=work / "prediction-cache"))
         res.seconds[f"rank-{call}"] = time.perf_counter() - t0
         res.failures += ranking.failures
         label = {"nhd": "CTE-NHD", "ei": "CTE-EI", "rand": "CTE-Rand"}[metric]
