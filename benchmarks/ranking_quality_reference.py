@@ -217,6 +217,8 @@ def analyse_target(task: str, folder: Path, ref: dict, digests: dict, args) -> d
         if s in ref:
             settings[f"ratio: {s}"] = referenced(plain[s], ref[s], "ratio")
             settings[f"diff: {s}"] = referenced(plain[s], ref[s], "diff")
+            # the reference alone (target-independent): how much the regime itself predicts transfer
+            settings[f"source only: {s}"] = {n: ref[s].get(n) for n in plain[s]}
     for s in plain:
         if s.startswith("baseline:"):
             settings[s] = plain[s]
@@ -252,8 +254,9 @@ def fmt(v, digits=2, signed=True):
 def order(settings: list[str]) -> list[str]:
     def key(s):
         base = s.split(": ", 1)[-1]
-        kind = 0 if s.startswith("CTE-") else 1 if s.startswith("ratio: ") else 2 if s.startswith("diff: ") else 3
-        return (kind == 3, base, kind)
+        prefixes = ("CTE-", "ratio: ", "diff: ", "source only: ")
+        kind = next((i for i, p in enumerate(prefixes) if s.startswith(p)), len(prefixes))
+        return (kind == len(prefixes), base, kind)
     return sorted(settings, key=key)
 
 
@@ -279,7 +282,8 @@ def write_report(doc: dict, path_md: Path) -> None:
              f"{m['perturbations']}, same metrics, seed {m['seed']}, K = 1) on at most {m['max_images']} seeded val "
              f"images of its own training source (`card.source_data`; val ids of benchmarks/bank/splits.json, "
              f"center crop {m['crop']} px): a number a model zoo could ship in each card. On a target: "
-             "`ratio` = CTE_target / CTE_source, `diff` = CTE_target - CTE_source; plain CTE_target, true scores and "
+             "`ratio` = CTE_target / CTE_source, `diff` = CTE_target - CTE_source; `source only` = CTE_source alone "
+             "(the same for every target: does the regime itself predict transfer?); plain CTE_target, true scores and "
              "baselines come from the lead's run folders (benchmarks/.work/ranking_quality/<task>/<target>-n5-c384-s0, "
              "leave-one-source-out for nuclei, every model on both EM targets). Correlations via "
              f"`segrank.evaluate.job.validate` ({m['permutations']} permutations); regret = best true score minus true "
@@ -336,6 +340,22 @@ def write_report(doc: dict, path_md: Path) -> None:
                 vals = [x["diagnostics"][s][k] for x in targets if s in x["diagnostics"] and x["diagnostics"][s][k] is not None]
                 cols.append(fmt(float(np.mean(vals))) if vals else "n/a")
             lines.append(f"| {s} | " + " | ".join(cols) + " |")
+        noise = next((s for s in diag_settings if "noise" in s), None)
+        if noise:
+            lines += ["", f"Per model under {noise}: true score, then rank (1 = first) by truth / plain CTE / ratio "
+                      "(what the reference does to each model; '(src)' = trained on the target, not scored):", "",
+                      "| model | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
+
+            def ranks(scores: dict) -> dict:
+                order_ = sorted(scores, key=lambda n: (scores[n] is None, -(scores[n] or 0.0)))
+                return {n: i for i, n in enumerate(order_, 1)}
+
+            per_target = [(x["true"], ranks(x["true"]), ranks(x["scores"][noise]), ranks(x["scores"][f"ratio: {noise}"]))
+                          for x in targets]
+            for name in sorted(set().union(*[set(x["true"]) for x in targets])):
+                lines.append(f"| {name} | " + " | ".join(
+                    "(src)" if name not in tr else f"{tr[name]:.3f}: {rt[name]} / {rp[name]} / {rr[name]}"
+                    for tr, rt, rp, rr in per_target) + " |")
         lines += ["", "CTE_source per model (reference consistency, what a card would ship):", "",
                   "| model | " + " | ".join(t["reference_scores"]) + " |", "| --- " * (len(t["reference_scores"]) + 1) + "|"]
         for name in sorted(set().union(*[set(v) for v in t["reference_scores"].values()])):
