@@ -301,6 +301,12 @@ def write_report(doc: dict, path_md: Path) -> None:
         lines += ["Reference sets (val images of each source):", "", "| source | images | models |", "| --- | --- | --- |"]
         for key, r in t["references"].items():
             lines.append(f"| {key} | {r['n_images']} | {', '.join(r['models'])} |")
+        if t["reference_scores"]:
+            lines += ["", "CTE_source per model (reference consistency, what a card would ship):", "",
+                      "| model | " + " | ".join(t["reference_scores"]) + " |", "| --- " * (len(t["reference_scores"]) + 1) + "|"]
+            for name in sorted(set().union(*[set(v) for v in t["reference_scores"].values()])):
+                lines.append(f"| {name} | " + " | ".join(fmt(t["reference_scores"][s].get(name), 4, signed=False)
+                                                        for s in t["reference_scores"]) + " |")
         if not targets:
             lines += [""]
             continue
@@ -356,11 +362,6 @@ def write_report(doc: dict, path_md: Path) -> None:
                 lines.append(f"| {name} | " + " | ".join(
                     "(src)" if name not in tr else f"{tr[name]:.3f}: {rt[name]} / {rp[name]} / {rr[name]}"
                     for tr, rt, rp, rr in per_target) + " |")
-        lines += ["", "CTE_source per model (reference consistency, what a card would ship):", "",
-                  "| model | " + " | ".join(t["reference_scores"]) + " |", "| --- " * (len(t["reference_scores"]) + 1) + "|"]
-        for name in sorted(set().union(*[set(v) for v in t["reference_scores"].values()])):
-            lines.append(f"| {name} | " + " | ".join(fmt(t["reference_scores"][s].get(name), 4, signed=False)
-                                                    for s in t["reference_scores"]) + " |")
         lines.append("")
     path_md.write_text("\n".join(lines))
 
