@@ -168,3 +168,45 @@ def test_percentile_normalisation_uses_whole_image_statistics(tmp_path):
     lo, hi = np.percentile(x[0], [1.0, 99.8])
     scale = 1.0 / (float(hi) - float(lo) + 1e-6)
     assert norm.scale == (scale,) and norm.offset == (-float(lo) * scale,)
+
+
+def test_batched_tiles_equal_one_tile_per_run(tmp_path):
+    model = conv_model(tmp_path / "m.onnx", ndim=2, out_channels=2, activation="softmax")
+    img = np.random.default_rng(6).integers(0, 4000, size=(45, 38)).astype(np.uint16)
+    single = predict_image(model, img, axes="yx", device="cpu", tile=12, halo=RF)
+    for k in (2, 3, 100):  # 3 does not divide the 20 blocks; 100 = all of them in one run
+        np.testing.assert_allclose(predict_image(model, img, axes="yx", device="cpu", tile=12, halo=RF, tiles_per_run=k),
+                                   single, atol=1e-6, rtol=0)
+    # slice-wise: each tile is a batch of slices already; tiles stack behind each other
+    vol = np.random.default_rng(7).integers(0, 4000, size=(7, 21, 18)).astype(np.uint16)
+    one = predict_image(model, vol, axes="zyx", device="cpu", tile=(3, 10, 10), halo=RF)
+    np.testing.assert_allclose(predict_image(model, vol, axes="zyx", device="cpu", tile=(3, 10, 10), halo=RF, tiles_per_run=4),
+                               one, atol=1e-6, rtol=0)
+    target = open_target(_volume(tmp_path / "vol.zarr"))
+    for k in (1, 4):
+        predict_target(model, target, tmp_path / f"p{k}.zarr", tile=(2, 12, 12), halo=RF, device="cpu", progress=False,
+                       tiles_per_run=k)
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "p4.zarr"), path="vol")[...],
+                               zarr.open_array(str(tmp_path / "p1.zarr"), path="vol")[...], atol=1e-6, rtol=0)
+
+
+def test_batched_tiles_need_a_free_batch_axis(tmp_path):
+    from segrank.errors import InputError
+
+    model = conv_model(tmp_path / "f.onnx", ndim=2, fixed_batch=1)
+    img = np.zeros((30, 30), np.uint8)
+    predict_image(model, img, axes="yx", device="cpu", tile=12, halo=RF)  # one tile per run: fine
+    with pytest.raises(InputError, match="fixed batch"):
+        predict_image(model, img, axes="yx", device="cpu", tile=12, halo=RF, tiles_per_run=2)
+
+
+def test_tiles_per_run_is_in_the_cache_key_only_when_batched(tmp_path):
+    model = conv_model(tmp_path / "m.onnx", ndim=2)
+    target = open_target(_volume(tmp_path / "vol.zarr", shape=(2, 20, 20)))
+    out = tmp_path / "p.zarr"
+    settings = dict(tile=(2, 12, 12), halo=RF, device="cpu", progress=False)
+    first = predict_target(model, target, out, **settings)
+    same = predict_target(model, target, out, tiles_per_run=1, **settings)
+    assert same.n_reused == first.n_blocks and same.images[0]["key"] == first.images[0]["key"]
+    batched = predict_target(model, target, out, tiles_per_run=2, **settings)
+    assert batched.n_computed == first.n_blocks and batched.images[0]["key"] != first.images[0]["key"]

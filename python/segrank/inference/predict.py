@@ -358,6 +358,45 @@ def run_pipelined(items: Sequence, prepare: Callable, run: Callable, finish: Cal
             raise
 
 
+def stack_prepared(model: Model, prepared: Sequence[_Prepared]) -> _Prepared:
+    """Several blocks' inputs as one batch (along the model's b axis): one run for all."""
+    if len(prepared) == 1:
+        return prepared[0]
+    axis = model.axes.index("b")
+    feed = np.concatenate([p.feed for p in prepared], axis=axis)
+    mask = None if prepared[0].mask is None else np.concatenate([p.mask for p in prepared], axis=0)
+    return _Prepared(feed, mask, prepared[0].tile_shape)
+
+
+def split_output(model: Model, raw: np.ndarray, n: int) -> list[np.ndarray]:
+    """The per-block outputs of a batch of `n` blocks (inverse of `stack_prepared`)."""
+    return [raw] if n == 1 else np.split(np.asarray(raw), n, axis=model.axes.index("b"))
+
+
+def _check_tiles_per_run(model: Model, session, tiles_per_run: int, where: str) -> int:
+    tiles_per_run = int(tiles_per_run)
+    if tiles_per_run < 1:
+        raise InputError(f"{where}: tiles per run must be at least 1, got {tiles_per_run}")
+    if tiles_per_run > 1:
+        _, graph_batch = _graph_constraints(model, session)
+        if "b" not in model.axes or graph_batch is not None:
+            raise InputError(
+                f"{where}: model {model.name!r} takes a fixed batch ({model.axes!r}); it cannot run {tiles_per_run} tiles at once"
+            )
+    return tiles_per_run
+
+
+def _groups(items: Sequence, size: int, key: Callable = lambda item: None) -> list[list]:
+    """Consecutive runs of up to `size` items with the same key."""
+    groups: list[list] = []
+    for item in items:
+        if groups and len(groups[-1]) < size and key(groups[-1][0]) == key(item):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 def _graph_constraints(model: Model, session) -> tuple[Model, int | None]:
     """Fixed spatial sizes and batch size read from the ONNX input, when the description lacks them."""
     shape = None
@@ -404,6 +443,7 @@ def predict_image(
     normalization: Normalization | None = None,
     blocking: Blocking | None = None,
     overlap: bool = True,
+    tiles_per_run: int = 1,
 ) -> np.ndarray:
     """Predict one image or volume block by block.
 
@@ -434,6 +474,9 @@ def predict_image(
     overlap : bool
         Read the next block and store the last one in threads while the model runs the
         current one (default); False does one step at a time. Results are identical.
+    tiles_per_run : int
+        Blocks stacked along the model's batch axis into one run (default 1); more keeps a
+        GPU busier. Needs a graph whose batch size is not fixed.
 
     Returns
     -------
@@ -459,13 +502,21 @@ def predict_image(
     slice_wise = len(spatial_axes) > model.ndim
     read = BlockSource.of(image, data).reader()
 
-    def prepare(block):
-        return prepare_block(model_c, read, norm, block, slice_wise=slice_wise, perturb=perturb, dropout_mask=dropout_mask)
+    tiles_per_run = _check_tiles_per_run(model_c, session, tiles_per_run, where)
 
-    def finish(block, result):
-        out[(slice(None),) + block.inner] = finish_block(model_c, result[0], block, result[1], slice_wise=slice_wise, where=where)
+    def prepare(group):
+        return stack_prepared(model_c, [
+            prepare_block(model_c, read, norm, block, slice_wise=slice_wise, perturb=perturb, dropout_mask=dropout_mask)
+            for block in group
+        ])
 
-    run_pipelined(blocking, prepare, lambda p: (runner(p.feed, p.mask), p.tile_shape), finish, overlap=overlap)
+    def finish(group, result):
+        raw, tile_shape = result
+        for block, part in zip(group, split_output(model_c, raw, len(group))):
+            out[(slice(None),) + block.inner] = finish_block(model_c, part, block, tile_shape, slice_wise=slice_wise, where=where)
+
+    run_pipelined(_groups(list(blocking), tiles_per_run), prepare, lambda p: (runner(p.feed, p.mask), p.tile_shape),
+                  finish, overlap=overlap)
     return out
 
 
@@ -496,14 +547,16 @@ def prediction_key(
     perturb_key: str | None = None,
     seed: int | None = None,
     dropout_mask: np.ndarray | None = None,
+    tiles_per_run: int = 1,
 ) -> str:
     """Content hash of everything that decides a prediction's values.
 
     The model file's bytes and its description (activation, preprocessing, ...), the input
     pixels (all of them for images up to `normalize.MAX_SAMPLES` values per channel, the
     sampled chunks for larger volumes), the normalisation, tile and halo, the perturbation
-    identity and seed, and the dropout mask. The device is left out on purpose: providers
-    agree to rounding.
+    identity and seed, and the dropout mask, and the tiles per run when above one (a batched
+    run may round differently on some providers). The device is left out on purpose:
+    providers agree to rounding.
     """
     description = {f: getattr(model, f) for f in PREDICTION_FIELDS}
     payload = {
@@ -520,6 +573,8 @@ def prediction_key(
         if dropout_mask is None
         else hashlib.sha256(np.ascontiguousarray(dropout_mask, dtype=np.float32).tobytes() + repr(np.shape(dropout_mask)).encode()).hexdigest(),
     }
+    if tiles_per_run != 1:  # absent by default: keys of unbatched runs stay as they were
+        payload["tiles_per_run"] = int(tiles_per_run)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -540,6 +595,7 @@ class _ImageJob:
     dropout_mask: np.ndarray | None
     where: str
     overlap: bool = True
+    tiles_per_run: int = 1
 
 
 @dataclass(frozen=True)
@@ -576,28 +632,32 @@ def _run_blocks(items: list[tuple[int, tuple[int, ...]]], *jobs: _ImageJob, prog
             states[k] = _JobState(jobs[k])
         return states[k]
 
-    def prepare(item):
-        k, index = item
+    def prepare(group):  # consecutive blocks of one image, one model run
+        k = group[0][0]
         job, st = jobs[k], state(k)
-        block = job.blocking.block(index)
-        prepared = prepare_block(job.model, st.read, job.norm, block, slice_wise=job.slice_wise,
-                                 perturb=job.perturb, dropout_mask=job.dropout_mask)
-        return st, block, prepared
+        blocks = [job.blocking.block(index) for _, index in group]
+        prepared = stack_prepared(job.model, [
+            prepare_block(job.model, st.read, job.norm, block, slice_wise=job.slice_wise,
+                          perturb=job.perturb, dropout_mask=job.dropout_mask)
+            for block in blocks
+        ])
+        return st, blocks, prepared
 
     def run(p):
-        st, block, prepared = p
-        return st, block, prepared.tile_shape, st.runner(prepared.feed, prepared.mask)
+        st, blocks, prepared = p
+        return st, blocks, prepared.tile_shape, st.runner(prepared.feed, prepared.mask)
 
-    def finish(item, result):
-        k, index = item
-        job = jobs[k]
-        st, block, tile_shape, raw = result
-        values = finish_block(job.model, raw, block, tile_shape, slice_wise=job.slice_wise, where=job.where)
-        write_and_mark(st.arr, st.done, block.inner, index, values, where=f"{job.store}/{job.array}")  # data, then marker
-        if progress is not None:
-            progress(1)
+    def finish(group, result):
+        job = jobs[group[0][0]]
+        st, blocks, tile_shape, raw = result
+        for (_, index), block, part in zip(group, blocks, split_output(job.model, raw, len(group))):
+            values = finish_block(job.model, part, block, tile_shape, slice_wise=job.slice_wise, where=job.where)
+            write_and_mark(st.arr, st.done, block.inner, index, values, where=f"{job.store}/{job.array}")  # data, then marker
+            if progress is not None:
+                progress(1)
 
-    run_pipelined(items, prepare, run, finish, overlap=all(j.overlap for j in jobs))
+    groups = [g for k, job in enumerate(jobs) for g in _groups([i for i in items if i[0] == k], job.tiles_per_run)]
+    run_pipelined(groups, prepare, run, finish, overlap=all(j.overlap for j in jobs))
     providers = {cached_session(j.model, device=j.device, threads=j.threads)[1] for j in jobs}
     return _TaskResult(len(items), ",".join(sorted(providers)))
 
@@ -639,6 +699,7 @@ def predict_target(
     threads: int | None = None,
     progress: bool = True,
     overlap: bool = True,
+    tiles_per_run: int = 1,
 ) -> PredictionSummary:
     """Predict every image of `target` into the Zarr v3 store `out`, resuming finished blocks.
 
@@ -670,6 +731,8 @@ def predict_target(
     overlap : bool
         Each task reads its next block and writes its last one in threads while the model
         runs (default); False does one step at a time. Results are identical.
+    tiles_per_run : int
+        Blocks of an image stacked into one model run (see `predict_image`).
 
     Returns
     -------
@@ -717,7 +780,8 @@ def predict_target(
         data, spatial_axes, _, where = _channel_first(im, None, model)
         model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch, data)
         norm, digest = image_normalization(model, data)
-        key = prediction_key(model, digest, norm, blocking, perturb_key=perturb_key, seed=seed, dropout_mask=dropout_mask)
+        key = prediction_key(model, digest, norm, blocking, perturb_key=perturb_key, seed=seed, dropout_mask=dropout_mask,
+                             tiles_per_run=tiles_per_run)
         fresh = store.prepare(
             name,
             key=key,
@@ -744,6 +808,7 @@ def predict_target(
         job = _ImageJob(
             model_c, BlockSource.of(im, data), norm, blocking, len(spatial_axes) > model.ndim, str(store.path), name,
             device, threads, perturb, dropout_mask, where, overlap,
+            _check_tiles_per_run(model_c, session, tiles_per_run, where),
         )
         jobs.append((job, pending))
 
@@ -819,6 +884,8 @@ __all__ = [
     "prediction_key",
     "prepare_block",
     "finish_block",
+    "split_output",
+    "stack_prepared",
     "run_pipelined",
     "BlockSource",
 ]
