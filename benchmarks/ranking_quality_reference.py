@@ -270,6 +270,21 @@ def summarize(targets: list[dict]) -> dict:
     return out
 
 
+def paired_delta(targets: list[dict], setting: str) -> tuple[float, float] | None:
+    """Mean over targets of Spearman(setting) - Spearman(the plain CTE it is built on), and its
+    standard error (std / sqrt(n - 1)): the referenced and plain scores share each target's
+    models and truth, so the paired difference is what says whether the reference helped."""
+    if not setting.startswith(("ratio: ", "diff: ", "source only: ")):
+        return None
+    plain = setting.split(": ", 1)[1]
+    ds = [t["agreement"][setting]["spearman"]["value"] - t["agreement"][plain]["spearman"]["value"]
+          for t in targets if setting in t["agreement"] and plain in t["agreement"]
+          and t["agreement"][setting]["spearman"]["value"] is not None and t["agreement"][plain]["spearman"]["value"] is not None]
+    if not ds:
+        return None
+    return float(np.mean(ds)), (float(np.std(ds) / math.sqrt(len(ds) - 1)) if len(ds) > 1 else float("nan"))
+
+
 def write_report(doc: dict, path_md: Path) -> None:
     m = doc["meta"]
     lines = ["# Source-referenced consistency (issue 7, extra analysis)", "",
@@ -311,14 +326,16 @@ def write_report(doc: dict, path_md: Path) -> None:
             lines += [""]
             continue
         lines += ["", "### Mean over targets", "",
-                  "| setting | Kendall | Spearman | Pearson | regret | top-1 | targets |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| setting | Kendall | Spearman | Pearson | regret | top-1 | targets | Spearman minus plain CTE (paired, mean +- s.e.) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in order(list(summary)):
             v = summary[s]
+            d = paired_delta(targets, s)
             lines.append(f"| {s} | {fmt(v['kendall']['mean'])} +- {fmt(v['kendall']['std'], signed=False)} | "
                          f"{fmt(v['spearman']['mean'])} +- {fmt(v['spearman']['std'], signed=False)} | "
                          f"{fmt(v['pearson']['mean'])} +- {fmt(v['pearson']['std'], signed=False)} | "
-                         f"{v['regret']['mean']:.3f} | {v['top1_rate']:.2f} | {v['n_targets']} |")
+                         f"{v['regret']['mean']:.3f} | {v['top1_rate']:.2f} | {v['n_targets']} | "
+                         f"{'' if d is None else fmt(d[0]) + ' +- ' + fmt(d[1], signed=False)} |")
         names = [x["target"] for x in targets]
         lines += ["", "### Per target: Kendall / Spearman / Pearson (regret)", "",
                   "| setting | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
@@ -412,6 +429,10 @@ def main(argv=None) -> int:
         doc["tasks"][task] = {"n_models": len(models), "references": references, "reference_scores": ref,
                               "unreferenced": sorted(set(digests) - set(where)), "reference_seconds": seconds,
                               "targets": targets, "pending": pending, "summary": summarize(targets)}
+        for k, v in doc["tasks"][task]["summary"].items():
+            d = paired_delta(targets, k)
+            if d is not None:
+                v["spearman_minus_plain"] = {"mean": d[0], "se": d[1]}
         s = doc["tasks"][task]["summary"]
         for k in order(list(s)):
             rq.log(f"{task}: {k}: Spearman {fmt(s[k]['spearman']['mean'])} over {s[k]['n_targets']} targets")
