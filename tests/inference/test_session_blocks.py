@@ -29,6 +29,33 @@ def test_cuda_is_used_or_refused_loudly(tmp_path):
             create_session(model, device="cuda")
 
 
+def test_cuda_library_preload_keeps_stdout_clean(monkeypatch, capsys):
+    """onnxruntime.preload_dlls prints what it cannot load; `--json` output must stay parseable."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    from segrank.inference import session as session_module
+
+    calls = []
+
+    def noisy_preload(*args, **kwargs):
+        calls.append(1)
+        print("Failed to load libcublas.so.13")
+        raise RuntimeError("no CUDA here")
+
+    monkeypatch.setattr(ort, "preload_dlls", noisy_preload, raising=False)
+    monkeypatch.setattr(session_module, "_PRELOADED", False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "nvidia" else real_find_spec(name, *a))
+    session_module._preload_cuda_libraries(ort)
+    session_module._preload_cuda_libraries(ort)  # once per process
+    captured = capsys.readouterr()
+    assert calls == [1]
+    assert captured.out == "" and captured.err == ""
+
+
 def test_bad_model_and_device(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx graph")

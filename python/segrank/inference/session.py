@@ -7,6 +7,9 @@ a per-process cache (ONNX Runtime's ``run`` is thread-safe, so threads share one
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import math
 import os
 import threading
@@ -60,6 +63,27 @@ def probe_input(model: Model, session) -> dict[str, np.ndarray]:
     return feeds
 
 
+_PRELOADED = False
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load CUDA/cuDNN from nvidia-* Python packages (e.g. beside a CUDA PyTorch), once per process.
+
+    Only where such packages exist; onnxruntime prints what it cannot find on stdout, which
+    would corrupt `--json` output, so that is swallowed (a CUDA session that still cannot load
+    is reported by `create_session` in its own words).
+    """
+    global _PRELOADED
+    if _PRELOADED or not hasattr(ort, "preload_dlls") or importlib.util.find_spec("nvidia") is None:
+        return
+    _PRELOADED = True
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            ort.preload_dlls()
+        except Exception:  # a partial CUDA install: the session's own load error says more
+            pass
+
+
 def create_session(model: Model, *, device: str = "auto", threads: int | None = None):
     """An ONNX Runtime session for `model` on `device`.
 
@@ -97,8 +121,7 @@ def create_session(model: Model, *, device: str = "auto", threads: int | None = 
                 # session; we say it once, in our own words, and remember it for this process.
                 ort.set_default_logger_severity(4)
                 try:
-                    if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from nvidia-* Python packages, if any
-                        ort.preload_dlls()
+                    _preload_cuda_libraries(ort)
                     # TF32 convolutions differ from the CPU path by ~1e-3; full float32 keeps
                     # scores provider-independent up to float rounding.
                     session = ort.InferenceSession(path, _options(threads),
