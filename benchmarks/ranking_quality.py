@@ -16,7 +16,8 @@ segrank's Python API:
 
 Label-free fixes measured beside the published method (no labels used to choose anything):
 strength chosen per target where the bank's scores spread most, several dropout (or noise)
-levels averaged, dropout and noise combined, more repeats.
+levels averaged, dropout and noise combined, more repeats, and dropout at every U-Net level
+(`--every-level`: the grey-box rewrite's every-level mask, so skip connections are perturbed too).
 
 Writes benchmarks/results/ranking_quality.md / .json and PNG figures. Everything is cached in
 benchmarks/.work/ranking_quality/ (git-ignored): rank's run directories resume, evaluate and
@@ -37,6 +38,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -47,7 +49,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DATA = Path("/work/shared/data")
+DATA = Path(os.environ.get("SEGRANK_DATA", "/work/shared/data"))  # ../shared/data, or a copy elsewhere
 SPLITS = HERE / "bank" / "splits.json"
 WORK = HERE / ".work" / "ranking_quality"
 RESULTS = HERE / "results"
@@ -265,6 +267,8 @@ class Config:
     threads: int
     device: str = "cpu"
     sweep: bool = True
+    every_level: tuple[float, ...] = ()  # dropout rates at every encoder/decoder level (empty: skip)
+    prediction_cache: bool = True  # one per target, so that EI and K>1 runs reuse predictions
 
 
 @dataclass
@@ -357,7 +361,7 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
         t0 = time.perf_counter()
         ranking = rank_dir_guard(out, lambda: rank(eligible, images_dir, out=out, perturbations=specs, metric=metric,
                                                     repeats=repeats, seed=cfg.seed, device=cfg.device, report=False,
-                                                    progress=True, cache=work / "prediction-cache"))
+                                                    progress=True, cache=work / "prediction-cache" if cfg.prediction_cache else None))
         res.seconds[f"rank-{call}"] = time.perf_counter() - t0
         res.failures += ranking.failures
         label = {"nhd": "CTE-NHD", "ei": "CTE-EI", "rand": "CTE-Rand"}[metric]
@@ -366,6 +370,34 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
             res.scores.setdefault(f"{label} {row['perturbation']}{suffix}", {})[row["name"]] = row["score"]
         for pert, by_model in per_unit_scores(out).items():
             per_unit[f"{label} {pert}{suffix}"] = by_model
+
+    # --- dropout at every level (greybox --every-level): the same masks' rate on each encoder
+    # resolution, the bottleneck and each decoder input, so the skip connections are perturbed too
+    if cfg.every_level:
+        from segrank.errors import SegrankError
+        from segrank.models.greybox import rewrite
+
+        every = []
+        for m in eligible:
+            try:
+                every.append(rewrite(m, tensor="auto", every_level=True))
+            except SegrankError as err:
+                res.failures.append({"model": m.name, "stage": "greybox every-level", "error": str(err)})
+        specs = [f"dropout:{p:g}" for p in cfg.every_level]
+        for metric in [metric_main] + (["ei"] if info["kind"] == "semantic" else []):
+            out = work / f"rank-every-{metric}"
+            t0 = time.perf_counter()
+            ranking = rank_dir_guard(out, lambda: rank(every, images_dir, out=out, perturbations=specs, metric=metric,
+                                                        repeats=1, seed=cfg.seed, device=cfg.device, report=False,
+                                                        progress=True, cache=work / "prediction-cache" if cfg.prediction_cache else None))
+            res.seconds[f"rank-every-{metric}"] = time.perf_counter() - t0
+            res.failures += ranking.failures
+            name = {"nhd": "CTE-NHD", "ei": "CTE-EI", "rand": "CTE-Rand"}[metric]
+            for row in ranking.rows:
+                setting = row["perturbation"].replace("dropout:", "dropout-every:")
+                res.scores.setdefault(f"{name} {setting}", {})[row["name"]] = row["score"]
+            for pert, by_model in per_unit_scores(out).items():
+                per_unit[f"{name} {pert.replace('dropout:', 'dropout-every:')}"] = by_model
 
     # --- label-free fixes, from the per-image scores (no labels, no extra inference)
     label = "CTE-Rand" if info["kind"] == "instance" else "CTE-NHD"
@@ -415,6 +447,13 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
         res.scores["fix: all dropout levels (z-mean)"] = zmean(drops)
         res.scores["fix: all noise levels (z-mean)"] = zmean(noises)
         res.scores["fix: whole sweep (z-mean)"] = zmean(drops + noises)
+    if cfg.every_level:
+        for name in (label, "CTE-EI"):
+            pool = [f"{name} dropout-every:{p:g}" for p in cfg.every_level]
+            if all(s in res.scores for s in pool):
+                pick = max(pool, key=spread)
+                res.chosen[f"fix: {name} every-level p by max spread"] = pick
+                res.scores[f"fix: {name} every-level p by max spread"] = dict(res.scores[pick])
     res.scores["fix: dropout + noise combined (z-mean)"] = zmean([f"{label} {cfg.main_dropout}", f"{label} {cfg.main_noise}"])
     if cfg.repeats_fix > 1:
         for s in main:
@@ -636,9 +675,10 @@ def write_report(all_results: dict, cfg: Config, meta: dict) -> None:
         lines += ["", "### Perturbation-strength sweep (mean Spearman over targets; score spread = std of model scores)", ""]
         label = "CTE-Rand" if TASKS.get(task, {}).get("kind") == "instance" else "CTE-NHD"
         lines += ["| setting | Kendall | Spearman | Pearson | regret | top-1 | mean score | mean spread |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for kind, levels in (("dropout", cfg.dropout_levels), ("noise", cfg.noise_levels)):
+        for name, kind, levels in ((label, "dropout", cfg.dropout_levels), (label, "noise", cfg.noise_levels),
+                                   (label, "dropout-every", cfg.every_level), ("CTE-EI", "dropout-every", cfg.every_level)):
             for lv in levels:
-                s = f"{label} {kind}:{lv:g}"
+                s = f"{name} {kind}:{lv:g}"
                 if s not in summary:
                     continue
                 v = summary[s]
@@ -676,7 +716,7 @@ def write_report(all_results: dict, cfg: Config, meta: dict) -> None:
         lines.append("")
     lines += ["## Timing", "", "Compute time per stage, accumulated over all runs of this configuration (cached stages add "
               "~0; a run made before per-stage timing was kept counts as one wall time from its log, in the total only), "
-              "1 ONNX Runtime thread on the shared box:", "",
+              f"{meta['machine']}:", "",
               "| task | target | evaluate | baselines | rank calls | total |", "| --- | --- | --- | --- | --- | --- |"]
     grand = 0.0
     for task, (targets, _) in all_results.items():
@@ -736,6 +776,11 @@ def main(argv=None) -> int:
     p.add_argument("--main-noise", default="noise:0.1-0.2")
     p.add_argument("--repeats-fix", type=int, default=3, help="K of the more-repeats run (1: skip it)")
     p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--every-level", default="", help="dropout rates at every U-Net level, e.g. 0.05,0.1,0.2 (empty: skip)")
+    p.add_argument("--no-prediction-cache", action="store_true",
+                   help="keep no predictions (they take ~0.3 MB per image and run; EI and K>1 runs then predict again)")
+    p.add_argument("--build-targets", action="store_true", help="only write the target folders, then stop")
+    p.add_argument("--device", default="cpu", help="ONNX Runtime provider for every run (cpu, cuda, auto)")
     p.add_argument("--pixels", type=int, default=2000, help="pixels per image (LEEP) / per class per image (CCFV)")
     p.add_argument("--permutations", type=int, default=10000)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per session")
@@ -747,7 +792,9 @@ def main(argv=None) -> int:
 
     cfg = Config(args.max_images, args.crop, args.seed, tuple(float(x) for x in args.dropout_levels.split(",")),
                  tuple(float(x) for x in args.noise_levels.split(",")), args.main_dropout, args.main_noise,
-                 args.repeats_fix, args.pixels, args.permutations, args.threads, sweep=not args.no_sweep)
+                 args.repeats_fix, args.pixels, args.permutations, args.threads, device=args.device,
+                 sweep=not args.no_sweep, prediction_cache=not args.no_prediction_cache,
+                 every_level=tuple(float(x) for x in args.every_level.split(",") if x.strip()))
     splits = json.loads(SPLITS.read_text())
     banks = discover_banks(args.tasks, args.min_models)
     start = time.perf_counter()
@@ -765,6 +812,10 @@ def main(argv=None) -> int:
             specs = [s for s in specs if s.name in args.only_targets]
         targets = []
         for spec in specs:
+            if args.build_targets:
+                print(build_target(spec, splits, structure=info.get("structure"), max_images=cfg.max_images,
+                                   crop=cfg.crop, seed=cfg.seed))
+                continue
             log(f"{task}/{spec.name}: start")
             result = run_target(task, info, spec, models, splits, cfg)
             if result is not None:
@@ -773,13 +824,15 @@ def main(argv=None) -> int:
                 log(f"{task}/{spec.name}: done, Spearman main dropout {fmt(sp.get('spearman', {}).get('value'))}")
         if targets:
             all_results[task] = (targets, summarize_task(targets))
+    if args.build_targets:
+        return 0
     seconds = time.perf_counter() - start
     import platform
 
     meta = {"command": "python benchmarks/ranking_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
             "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores shared, "
-                       f"{args.threads} ONNX Runtime thread(s), CPU", "banks": meta_banks}
+                       f"{args.threads} ONNX Runtime thread(s), device {args.device}", "banks": meta_banks}
     RESULTS.mkdir(exist_ok=True)
     doc = {"meta": meta, "config": {k: v for k, v in cfg.__dict__.items()}, "paper": PAPER, "goals": GOALS, "tasks": {}}
     for task, (targets, summary) in all_results.items():

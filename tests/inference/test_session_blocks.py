@@ -101,3 +101,22 @@ def test_choose_blocking_follows_model_constraints(tmp_path):
     model3d = conv_model(tmp_path / "m3.onnx", ndim=3)
     with pytest.raises(InputError, match="does not fit"):
         choose_blocking(model3d, (100, 100))
+
+
+def test_session_cache_keeps_the_most_recent_sessions(tmp_path, monkeypatch):
+    """cached_session reuses a session and evicts the least recently used beyond its bound, so
+    a large bank (with grey-box rewrites) does not hold every session's memory at once."""
+    import segrank.inference.session as session
+
+    monkeypatch.setattr(session, "_CACHE", type(session._CACHE)())
+    monkeypatch.setattr(session, "SESSION_CACHE_SIZE", 2)
+    a, b, c = (conv_model(tmp_path / f"{n}.onnx", name=n) for n in "abc")
+    first = session.cached_session(a, device="cpu", threads=1)
+    assert session.cached_session(a, device="cpu", threads=1)[0] is first[0]
+    session.cached_session(b, device="cpu", threads=1)
+    session.cached_session(a, device="cpu", threads=1)  # a is now the most recent
+    session.cached_session(c, device="cpu", threads=1)  # evicts b
+    assert [k[0] for k in session._CACHE] == [str(a.path), str(c.path)]
+    assert session.cached_session(a, device="cpu", threads=1)[0] is first[0]
+    x = np.zeros((1, 1, 16, 16), np.float32)
+    assert first[0].run(None, {a.input_name: x})[0].shape[-2:] == (16, 16)  # an evicted-or-not session still runs

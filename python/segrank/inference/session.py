@@ -7,6 +7,7 @@ a per-process cache (ONNX Runtime's ``run`` is thread-safe, so threads share one
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import io
@@ -23,7 +24,10 @@ DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
-_CACHE: dict[tuple, tuple[object, str]] = {}
+# This process's sessions, least recently used first. Bounded: a bank of 50 models with their
+# grey-box rewrites would otherwise keep ~150 sessions (and their GPU memory arenas) alive.
+_CACHE: collections.OrderedDict[tuple, tuple[object, str]] = collections.OrderedDict()
+SESSION_CACHE_SIZE = int(os.environ.get("SEGRANK_SESSION_CACHE", "8"))
 # Why CUDA cannot be used in this process, once a provider load has failed (None: not known).
 _CUDA_BROKEN: str | None = None
 _CACHE_LOCK = threading.Lock()
@@ -154,12 +158,21 @@ def create_session(model: Model, *, device: str = "auto", threads: int | None = 
 
 
 def cached_session(model: Model, *, device: str = "auto", threads: int | None = None):
-    """This process's session for (model file, device, threads), created once and reused."""
+    """This process's session for (model file, device, threads), created once and reused.
+
+    The most recently used ``SEGRANK_SESSION_CACHE`` sessions (default 8) are kept; tasks come
+    model by model, so an older one is rarely needed again.
+    """
     key = (str(model.path), os.path.getmtime(model.path) if os.path.exists(model.path) else None, device, threads)
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = create_session(model, device=device, threads=threads)
-        return _CACHE[key]
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        _CACHE[key] = entry = create_session(model, device=device, threads=threads)
+        # a run in flight keeps its own reference, so eviction never breaks it
+        while len(_CACHE) > max(1, SESSION_CACHE_SIZE):
+            _CACHE.popitem(last=False)
+        return entry
 
 
 def default_threads(workers: int) -> int:
