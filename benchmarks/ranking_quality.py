@@ -55,6 +55,7 @@ WORK = HERE / ".work" / "ranking_quality"
 RESULTS = HERE / "results"
 EXAMPLE_BANK = REPO / "python/segrank/examples/nuclei/bank"
 NOTES = RESULTS / "ranking_quality_notes.md"
+REPORT = "ranking_quality"  # results/<REPORT>.md/.json and its figures (--report)
 
 TASKS = {
     "nuclei-semantic": {"domain": "nuclei", "kind": "semantic"},
@@ -596,7 +597,7 @@ def write_report(all_results: dict, cfg: Config, meta: dict) -> None:
              f"({cfg.permutations} permutations), then mean +- std over targets. Regret = best true score minus the "
              "true score of the model ranked first; top-1 = share of targets where the first pick is a best model. "
              "LEEP and CCFV see the target labels (supervised reference); confidence and entropy do not.", ""]
-    if NOTES.exists():
+    if NOTES.exists() and REPORT == "ranking_quality":
         lines += [NOTES.read_text().strip(), ""]
     for task, (targets, summary) in all_results.items():
         lines += [f"## {task}", ""]
@@ -692,8 +693,9 @@ def write_report(all_results: dict, cfg: Config, meta: dict) -> None:
                       "| fix | " + " | ".join(t.name for t in targets) + " |", "| --- |" + " --- |" * len(targets)]
             for fix, picks in chosen.items():
                 lines.append(f"| {fix} | " + " | ".join(p.split(' ', 1)[1] if ' ' in p else p for p in picks) + " |")
-        lines += ["", "![sweep](ranking_quality_sweep.png)", "",
-                  f"![scatter](ranking_quality_scatter_{task}.png)", ""]
+        if cfg.sweep:
+            lines += ["", f"![sweep]({REPORT}_sweep.png)"]
+        lines += ["", f"![scatter]({REPORT}_scatter_{task}.png)", ""]
         lines += ["### True performance per target (median over images)", "",
                   "| model | " + " | ".join(t.name for t in targets) + " |", "| --- |" + " --- |" * len(targets)]
         all_models = list(dict.fromkeys(n for t in targets for n in t.models + t.excluded))
@@ -728,7 +730,7 @@ def write_report(all_results: dict, cfg: Config, meta: dict) -> None:
             lines.append(f"| {task} | {t.name} | {sec.get('evaluate', 0):.0f} s | {sec.get('baselines', 0):.0f} s | {ranks:.0f} s | {tot / 60:.1f} min |")
     lines += ["", f"All tasks: {grand / 60:.1f} min of compute."]
     lines.append("")
-    (RESULTS / "ranking_quality.md").write_text("\n".join(lines))
+    (RESULTS / f"{REPORT}.md").write_text("\n".join(lines))
 
 
 def discover_banks(names: list[str] | None, min_models: int) -> dict[str, dict]:
@@ -779,6 +781,10 @@ def main(argv=None) -> int:
     p.add_argument("--every-level", default="", help="dropout rates at every U-Net level, e.g. 0.05,0.1,0.2 (empty: skip)")
     p.add_argument("--no-prediction-cache", action="store_true",
                    help="keep no predictions (they take ~0.3 MB per image and run; EI and K>1 runs then predict again)")
+    p.add_argument("--report", default="ranking_quality",
+                   help="results/REPORT.md/.json and figures (the findings notes go into the default report only)")
+    p.add_argument("--machine", default="", help="where the cached runs were computed, for the report "
+                   "(default: this machine), e.g. when they came from a GPU machine and this run only reports")
     p.add_argument("--build-targets", action="store_true", help="only write the target folders, then stop")
     p.add_argument("--device", default="cpu", help="ONNX Runtime provider for every run (cpu, cuda, auto)")
     p.add_argument("--pixels", type=int, default=2000, help="pixels per image (LEEP) / per class per image (CCFV)")
@@ -789,6 +795,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     limit_threads(args.threads)
+    global REPORT
+    REPORT = args.report
 
     cfg = Config(args.max_images, args.crop, args.seed, tuple(float(x) for x in args.dropout_levels.split(",")),
                  tuple(float(x) for x in args.noise_levels.split(",")), args.main_dropout, args.main_noise,
@@ -831,21 +839,22 @@ def main(argv=None) -> int:
 
     meta = {"command": "python benchmarks/ranking_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
-            "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores shared, "
-                       f"{args.threads} ONNX Runtime thread(s), device {args.device}", "banks": meta_banks}
+            "machine": args.machine or (f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores shared, "
+                                        f"{args.threads} ONNX Runtime thread(s), device {args.device}"), "banks": meta_banks}
     RESULTS.mkdir(exist_ok=True)
     doc = {"meta": meta, "config": {k: v for k, v in cfg.__dict__.items()}, "paper": PAPER, "goals": GOALS, "tasks": {}}
     for task, (targets, summary) in all_results.items():
         doc["tasks"][task] = {"summary": summary, "targets": [t.__dict__ for t in targets]}
-        plot_scatter(task, targets, [s for s in (f"{'CTE-Rand' if banks[task]['kind'] == 'instance' else 'CTE-NHD'} {cfg.main_dropout}",
-                                                 f"{'CTE-Rand' if banks[task]['kind'] == 'instance' else 'CTE-NHD'} {cfg.main_noise}",
-                                                 "baseline:confidence") if any(s in t.scores for t in targets)],
-                     RESULTS / f"ranking_quality_scatter_{task}.png")
-    (RESULTS / "ranking_quality.json").write_text(json.dumps(doc, indent=1, default=str))
+        label = "CTE-Rand" if banks[task]["kind"] == "instance" else "CTE-NHD"
+        shown = [f"{label} {cfg.main_dropout}", f"{label} {cfg.main_noise}", f"CTE-EI {cfg.main_dropout}"]
+        shown += [f"{label} dropout-every:{cfg.every_level[0]:g}"] if cfg.every_level else []
+        plot_scatter(task, targets, [s for s in shown + ["baseline:confidence"] if any(s in t.scores for t in targets)],
+                     RESULTS / f"{REPORT}_scatter_{task}.png")
+    (RESULTS / f"{REPORT}.json").write_text(json.dumps(doc, indent=1, default=str))
     if all_results and cfg.sweep:
-        plot_sweep(all_results, cfg, RESULTS / "ranking_quality_sweep.png")
+        plot_sweep(all_results, cfg, RESULTS / f"{REPORT}_sweep.png")
     write_report(all_results, cfg, meta)
-    log(f"done in {seconds / 60:.1f} min: {RESULTS / 'ranking_quality.md'}")
+    log(f"done in {seconds / 60:.1f} min: {RESULTS / (REPORT + '.md')}")
     return 0
 
 
