@@ -456,6 +456,16 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
                 res.chosen[f"fix: {name} every-level p by max spread"] = pick
                 res.scores[f"fix: {name} every-level p by max spread"] = dict(res.scores[pick])
     res.scores["fix: dropout + noise combined (z-mean)"] = zmean([f"{label} {cfg.main_dropout}", f"{label} {cfg.main_noise}"])
+    # the best single score so far (EI with dropout) beside a second, label-free view of the model
+    ei_main = f"CTE-EI {cfg.main_dropout}"
+    partners = [("confidence", "baseline:confidence")]
+    if cfg.every_level:
+        partners.append((f"every-level {cfg.every_level[0]:g}", f"{label} dropout-every:{cfg.every_level[0]:g}"))
+    for what, other in partners:
+        for base in ([ei_main] if ei_main in res.scores else []) + ([f"{label} dropout-every:{cfg.every_level[0]:g}"]
+                                                                    if cfg.every_level and info["kind"] == "instance" else []):
+            if other in res.scores and other != base:
+                res.scores[f"fix: {base.split(' ', 1)[0]} {base.split(' ', 1)[1]} + {what} (z-mean)"] = zmean([base, other])
     if cfg.repeats_fix > 1:
         for s in main:
             key = f"{label} {s} K={cfg.repeats_fix}"
