@@ -122,7 +122,12 @@ def test_tasks_run_across_images_of_a_folder(tmp_path):
         np.testing.assert_array_equal(got, predict_image(model, im, device="cpu", tile=16, halo=RF))
 
 
-def test_whole_file_image_is_read_once_per_task(tmp_path, monkeypatch):
+@pytest.mark.parametrize("keep", [True, False])
+def test_whole_file_image_is_read_once_per_task(tmp_path, monkeypatch, keep):
+    from segrank.inference import predict as predict_module
+
+    if not keep:  # no budget for keeping the pixels read for the statistics
+        monkeypatch.setattr(predict_module, "KEEP_PIXELS_BYTES", 0)
     reads = []
     original = targets._read_tif
 
@@ -138,7 +143,10 @@ def test_whole_file_image_is_read_once_per_task(tmp_path, monkeypatch):
     summary = predict_target(model, image, tmp_path / "p.zarr", tile=16, halo=RF, device="cpu", progress=False,
                              scheduler="sync")
     assert summary.n_computed == 25  # 5 x 5 blocks of inner 12
-    assert 1 < len(reads) <= 3  # statistics once, then once per task (2 tasks), not once per block
+    if keep:  # the statistics read every pixel: the blocks are cut from those
+        assert len(reads) == 1
+    else:
+        assert 1 < len(reads) <= 3  # statistics once, then once per task (2 tasks), not once per block
     np.testing.assert_array_equal(
         zarr.open_array(str(tmp_path / "p.zarr"), path="a")[...],
         predict_image(model, img, axes="yx", device="cpu", tile=16, halo=RF),
@@ -210,3 +218,59 @@ def test_tiles_per_run_is_in_the_cache_key_only_when_batched(tmp_path):
     assert same.n_reused == first.n_blocks and same.images[0]["key"] == first.images[0]["key"]
     batched = predict_target(model, target, out, tiles_per_run=2, **settings)
     assert batched.n_computed == first.n_blocks and batched.images[0]["key"] != first.images[0]["key"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_activation_in_place_equals_scipy(dtype):
+    from scipy.special import expit, softmax
+
+    from segrank.inference.predict import activate
+
+    gen = np.random.default_rng(4)
+    y = (gen.normal(0, 30, size=(3, 40, 50))).astype(dtype)
+    y[0, 0, :6] = [-1e4 if dtype != np.float16 else -6e4, 6e4, 0, -88.5, -103.0, np.inf]
+    before = y.copy()
+    crop = y[:, 3:37, 5:45]  # a crop of the output, as finish_block passes it
+    with np.errstate(all="raise"):  # no over/underflow warnings escape
+        sig = activate(crop, "sigmoid")
+    assert sig.dtype == np.float32 and sig.flags.c_contiguous
+    np.testing.assert_array_equal(y, before)  # the model output is not changed
+    ref = expit(np.asarray(crop, dtype=np.float32))
+    np.testing.assert_allclose(sig, ref, rtol=1e-6, atol=0)  # a few float32 ulp, zeros where expit is zero
+    full = activate(y, "sigmoid")
+    assert full[0, 0, 0] == 0.0 and full[0, 0, 1] == 1.0 and full[0, 0, 2] == 0.5 and full[0, 0, 5] == 1.0
+    finite = np.where(np.isfinite(y), y, 0).astype(dtype)
+    np.testing.assert_array_equal(activate(finite, "softmax"), softmax(finite.astype(np.float32), axis=0).astype(np.float32))
+    np.testing.assert_array_equal(activate(crop, "none"), np.asarray(crop, dtype=np.float32))
+
+
+def test_percentile_counts_in_steps_equal_numpy(monkeypatch):
+    from segrank.inference import normalize
+
+    monkeypatch.setattr(normalize, "COUNT_STEP", 7)  # many steps and a short last one
+    gen = np.random.default_rng(5)
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        info = np.iinfo(dtype)
+        x = gen.integers(info.min, info.max + 1, size=1000).astype(dtype)
+        q = [0.0, 1.0, 33.3, 99.8, 100.0]
+        np.testing.assert_array_equal(percentiles(x, q), np.percentile(x, q))
+
+
+def test_statistics_read_straight_from_the_store_give_the_same_digest(tmp_path):
+    # the pixels for the statistics come through the block reader (no dask graph); the digest
+    # (part of every prediction key) is the same as reading them through dask
+    from segrank.inference.normalize import sample_image
+    from segrank.inference.predict import BlockSource, _channel_first
+
+    data = np.random.default_rng(7).integers(0, 255, size=(6, 33, 29)).astype(np.uint8)
+    arr = zarr.create_array(str(tmp_path / "v.zarr"), shape=data.shape, chunks=(2, 16, 16), dtype="uint8",
+                            dimension_names=["z", "y", "x"])
+    arr[...] = data
+    model = conv_model(tmp_path / "m.onnx", ndim=2)
+    image = open_target(tmp_path / "v.zarr").images[0]
+    assert image.direct is not None
+    cf, _, _, _ = _channel_first(image, None, model)
+    direct = sample_image(cf, read=BlockSource.of(image, cf).reader())
+    through_dask = sample_image(cf)
+    assert direct.digest == through_dask.digest and direct.complete
+    np.testing.assert_array_equal(direct.values, through_dask.values)

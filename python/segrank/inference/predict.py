@@ -11,7 +11,10 @@ content-hash key, so a repeated or interrupted run only computes what is missing
 Speed: blocks go through three stages (`run_pipelined`): reading and normalising the next
 block, and activating and storing the last one, run in threads while the model runs the
 current one; stored inputs are read straight from Zarr/HDF5/N5 (`BlockSource`), not through a
-dask graph per block. Results are the same as one step at a time (``overlap=False``).
+dask graph per block, and an image whose statistics read every pixel is not read again (its
+blocks are cut from those pixels, `KEEP_PIXELS_BYTES`); outputs are written chunk by chunk
+without zarr's event loop (`io.zarr_store.BlockWriter`). Results are the same as one step at a
+time (``overlap=False``).
 """
 from __future__ import annotations
 
@@ -158,17 +161,26 @@ class BlockSource:
     data: object  # channel-first (C, *spatial)
     direct: object | None = None  # DirectRegions over the image's canonical axes
     add_channel: bool = False  # the image has no c axis: `direct` gives (*spatial)
+    pixels: np.ndarray | None = None  # the whole image (C, *spatial), already read: blocks are cut from it
 
     @classmethod
-    def of(cls, image, data) -> BlockSource:
+    def of(cls, image, data, pixels: np.ndarray | None = None) -> BlockSource:
         from ..io.targets import TargetImage
 
         if isinstance(image, TargetImage) and image.direct is not None:
-            return cls(data, image.direct, "c" not in image.axes)
-        return cls(data)
+            return cls(data, image.direct, "c" not in image.axes, pixels)
+        return cls(data, pixels=pixels)
+
+    def with_pixels(self, pixels: np.ndarray | None) -> BlockSource:
+        return dataclasses.replace(self, pixels=pixels)
 
     def reader(self) -> Callable[[tuple[slice, ...]], np.ndarray]:
-        """A function region (C, *spatial slices) -> pixels, for one task (not shared by threads)."""
+        """A function region (C, *spatial slices) -> pixels, for one task (not shared by threads).
+
+        The pixels it returns may be a view (of `pixels`): callers must not write to them.
+        """
+        if self.pixels is not None:
+            return self.pixels.__getitem__
         if self.direct is not None:
             direct = self.direct
             if self.add_channel:
@@ -194,6 +206,24 @@ def image_normalization(model: Model, data) -> tuple[Normalization, str]:
     """Normalisation of a channel-first image for `model`, and a digest of the pixels used."""
     sample = sample_image(data)
     return normalization(model.preprocessing, sample), sample.digest
+
+
+# An image whose statistics read all of its pixels (up to `normalize.MAX_SAMPLES` values per
+# channel) keeps them, and its blocks are cut from them instead of read a second time; up to
+# this many bytes of such images per call (predict_target: per run, all images together).
+KEEP_PIXELS_BYTES = 256 << 20
+
+
+def _statistics(model: Model, data, source: BlockSource, budget: list[int] | None) -> tuple[Normalization, str, BlockSource]:
+    """(normalisation, digest, source) of a channel-first image; the source holds the image's
+    pixels when the statistics read all of them and they fit in ``budget[0]`` bytes (then
+    taken from it). The pixels are read as the blocks would be (`source`), not through dask."""
+    sample = sample_image(data, read=source.reader() if source.pixels is None else None)
+    norm = normalization(model.preprocessing, sample)
+    if budget is not None and sample.complete and sample.values.nbytes <= budget[0]:
+        budget[0] -= sample.values.nbytes
+        source = source.with_pixels(sample.values.reshape(data.shape))
+    return norm, sample.digest, source
 
 
 def normalize_image(model: Model, image, *, axes: str | None = None) -> np.ndarray:
@@ -224,15 +254,26 @@ def _from_model(y: np.ndarray, model_axes: str, letters: str) -> np.ndarray:
 
 
 def activate(y: np.ndarray, activation: str) -> np.ndarray:
-    """Probabilities from raw output (C, ...): sigmoid, softmax over C, or as is."""
-    from scipy.special import expit, softmax
+    """Probabilities from raw output (C, ...): sigmoid, softmax over C, or as is.
 
-    y = np.array(y, dtype=np.float32)  # a copy: a crop of the output becomes contiguous
+    Always a new C-contiguous float32 array (a crop of the output becomes contiguous); `y` is
+    not changed. The activation runs in place on that copy, one vectorised numpy pass per step
+    (``1 / (1 + exp(-y))``: ~4x faster than `scipy.special.expit`, which evaluates element by
+    element; equal to it within a few float32 ulp); softmax is scipy's formula, in place.
+    """
+    out = np.empty(np.shape(y), dtype=np.float32)
     if activation == "sigmoid":
-        return expit(y, out=y)
+        np.negative(y, out=out, casting="unsafe")  # the copy (and the cast) is the first pass
+        with np.errstate(over="ignore", under="ignore"):  # exp(-y) = inf for y < -88: 1 / inf = 0
+            np.exp(out, out=out)
+            np.add(out, 1, out=out)
+            return np.reciprocal(out, out=out)
+    np.copyto(out, y, casting="unsafe")
     if activation == "softmax":
-        return softmax(y, axis=0).astype(np.float32, copy=False)
-    return y
+        out -= out.max(axis=0, keepdims=True)
+        np.exp(out, out=out)
+        out /= out.sum(axis=0, keepdims=True)
+    return out
 
 
 @dataclass(frozen=True)
@@ -495,12 +536,16 @@ def predict_image(
         raise InputError(f"{where}: blocking for shape {tuple(blocking.shape)} given for an image of spatial shape {tuple(data.shape[1:])}")
     else:
         model_c = model
-    norm = normalization if normalization is not None else image_normalization(model, data)[0]
+    source = BlockSource.of(image, data)
+    if normalization is not None:
+        norm = normalization
+    else:
+        norm, _, source = _statistics(model, data, source, [KEEP_PIXELS_BYTES])
     if len(norm.scale) != data.shape[0]:
         raise InputError(f"{where}: normalization for {len(norm.scale)} channel(s) given for an image with {data.shape[0]}")
     out = np.empty((model.out_channels,) + tuple(data.shape[1:]), dtype=np.float32)
     slice_wise = len(spatial_axes) > model.ndim
-    read = BlockSource.of(image, data).reader()
+    read = source.reader()
 
     tiles_per_run = _check_tiles_per_run(model_c, session, tiles_per_run, where)
 
@@ -610,19 +655,18 @@ class _JobState:
     def __init__(self, job: _ImageJob):
         import zarr
 
-        from ..io.zarr_store import DONE_GROUP
+        from ..io.zarr_store import DONE_GROUP, BlockWriter
 
         session, self.provider = cached_session(job.model, device=job.device, threads=job.threads)
         self.runner = TileRunner(job.model, session, self.provider)
         self.read = job.source.reader()
         self.arr = zarr.open_array(job.store, path=job.array, mode="r+")
         self.done = zarr.open_array(job.store, path=f"{DONE_GROUP}/{job.array}", mode="r+")
+        self.writer = BlockWriter(self.arr, self.done, where=f"{job.store}/{job.array}")
 
 
 def _run_blocks(items: list[tuple[int, tuple[int, ...]]], *jobs: _ImageJob, progress: Callable | None = None) -> _TaskResult:
     """Predict and store blocks ``(job number, grid index)`` of one or more images, overlapped."""
-    from ..io.zarr_store import write_and_mark
-
     return_large_buffers()  # in this worker's process (a LocalCluster worker, or here)
     states: dict[int, _JobState] = {}
 
@@ -652,7 +696,7 @@ def _run_blocks(items: list[tuple[int, tuple[int, ...]]], *jobs: _ImageJob, prog
         st, blocks, tile_shape, raw = result
         for (_, index), block, part in zip(group, blocks, split_output(job.model, raw, len(group))):
             values = finish_block(job.model, part, block, tile_shape, slice_wise=job.slice_wise, where=job.where)
-            write_and_mark(st.arr, st.done, block.inner, index, values, where=f"{job.store}/{job.array}")  # data, then marker
+            st.writer.write(block.inner, index, values)  # data, then marker
             if progress is not None:
                 progress(1)
 
@@ -776,10 +820,13 @@ def predict_target(
 
     jobs: list[tuple[_ImageJob, list[tuple[int, ...]]]] = []
     infos, n_blocks, n_reused = [], 0, 0
+    # pixels read for the statistics are kept for the blocks (in this process only: a cluster
+    # would get them inside the task graph)
+    budget = None if distributed else [KEEP_PIXELS_BYTES]
     for im, name in zip(images, names):
         data, spatial_axes, _, where = _channel_first(im, None, model)
         model_c, blocking = _blocking_for(model, session, data.shape[1:], tile, halo, batch, data)
-        norm, digest = image_normalization(model, data)
+        norm, digest, source = _statistics(model, data, BlockSource.of(im, data), budget)
         key = prediction_key(model, digest, norm, blocking, perturb_key=perturb_key, seed=seed, dropout_mask=dropout_mask,
                              tiles_per_run=tiles_per_run)
         fresh = store.prepare(
@@ -806,7 +853,7 @@ def predict_target(
         n_reused += len(blocking) - len(pending)
         infos.append({"image": im.name, "array": name, "key": key, "blocks": len(blocking), "reused": len(blocking) - len(pending)})
         job = _ImageJob(
-            model_c, BlockSource.of(im, data), norm, blocking, len(spatial_axes) > model.ndim, str(store.path), name,
+            model_c, source, norm, blocking, len(spatial_axes) > model.ndim, str(store.path), name,
             device, threads, perturb, dropout_mask, where, overlap,
             _check_tiles_per_run(model_c, session, tiles_per_run, where),
         )
@@ -817,7 +864,9 @@ def predict_target(
     items = [(k, index) for k, (_, pending) in enumerate(jobs) for index in pending]
     n_pending = len(items)
     per_task = max(math.ceil(n_pending / MAX_TASKS), min(BLOCKS_PER_TASK, math.ceil(n_pending / (2 * n_workers))), 1)
-    job_nodes = [dask.delayed(job, traverse=False) for job, _ in jobs]  # one graph node per image, never unpacked
+    # one graph node per image, never unpacked; named, so that dask does not hash kept pixels
+    job_nodes = [dask.delayed(job, traverse=False, name=f"segrank-image-{k}-{info['key'][:16]}")
+                 for k, ((job, _), info) in enumerate(zip(jobs, infos))]
     local_bar = None if distributed else (lambda n: bar.update(n))
     tasks = []
     for i in range(0, n_pending, per_task):

@@ -11,6 +11,7 @@ resumes it.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,10 @@ class PredictionStore:
             self.group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
         except Exception as err:
             raise InputError(f"{self.path}: cannot open as a Zarr v3 group ({err})") from None
+        self._writers: dict[str, BlockWriter] = {}  # per array: opened arrays and codecs, reused by write_block
+
+    def __getstate__(self):  # writers hold codecs and opened arrays: each process makes its own
+        return dict(self.__dict__, _writers={})
 
     def prepare(
         self,
@@ -87,6 +92,7 @@ class PredictionStore:
             )
             if same and self._existing(f"{DONE_GROUP}/{name}") is not None:
                 return False
+        self._writers.pop(name, None)
         from zarr.codecs import BloscCodec
 
         self.group.create_array(
@@ -139,8 +145,11 @@ class PredictionStore:
 
     def write_block(self, name: str, inner: Sequence[slice], index: Sequence[int], values: np.ndarray, *, array=None) -> None:
         """Write one block's values (C, *inner) and then mark it finished."""
-        arr = array if array is not None else self.array(name, mode="r+")
-        write_and_mark(arr, self._done_array(name), inner, index, values, where=f"{self.path}/{array_name(name)}")
+        writer = self._writers.get(array_name(name))
+        if writer is None or (array is not None and writer.array is not array):
+            arr = array if array is not None else self.array(name, mode="r+")
+            writer = self._writers[array_name(name)] = BlockWriter(arr, self._done_array(name), where=f"{self.path}/{array_name(name)}")
+        writer.write(inner, index, values)
 
     def _done_array(self, name: str):
         import zarr
@@ -151,21 +160,137 @@ class PredictionStore:
 def write_and_mark(array, done, inner: Sequence[slice], index: Sequence[int], values: np.ndarray, *, where: str) -> None:
     """Write one block's values (C, *inner) to `array`, then set ``done[index] = 1``.
 
-    Both happen in one call into zarr's event loop (awaited in that order, so a block is
-    never marked before its data is stored): each call hands work to zarr's IO thread and
-    back, which costs milliseconds per call on a busy machine.
+    A block is never marked before its data is stored. See `BlockWriter` (which keeps what it
+    learns about the two arrays between blocks; prefer it for many blocks).
     """
-    from zarr.core.sync import sync
+    BlockWriter(array, done, where=where).write(inner, index, values)
 
-    check_aligned(array, inner, where=where)
-    selection = (slice(None),) + tuple(inner)
-    marker = tuple(int(i) for i in index)
 
-    async def store():
-        await array.async_array.setitem(selection, values)
-        await done.async_array.setitem(marker, np.uint8(1))
+class BlockWriter:
+    """Writes whole-chunk blocks of one prediction array, each followed by its done marker.
 
-    sync(store())
+    On a local store whose arrays have a plain codec chain (little-endian bytes, then at most
+    one Blosc or Zstd compressor, as `PredictionStore` and the scoring cache create them), a
+    block is encoded here with that codec's numcodecs implementation and stored as one file,
+    atomically (temporary file, then rename; as zarr's LocalStore does), and its marker after
+    it. This skips zarr's event loop: a write there hands the block to the loop's thread and
+    to two more worker threads (encode, file write) and copies it into a chunk buffer, which
+    costs more than the encoding itself for tile-sized blocks (benchmarks/inference.py).
+    Any other layout (another store or codec, a block that is not exactly one chunk) goes
+    through zarr, data and marker in one call into its event loop. Readers see the same values
+    either way; an edge block is padded with the fill value to the full chunk, as zarr does.
+    """
+
+    def __init__(self, array, done, *, where: str):
+        self.array, self.done, self.where = array, done, where
+        self._data = _direct_encoder(array)
+        marker = _direct_encoder(done)
+        self._marker_bytes = None
+        if self._data is not None and marker is not None:
+            self._marker_bytes = marker[1](np.ones(tuple(done.chunks), dtype=done.dtype))
+            self._marker_root = marker[0]
+
+    def write(self, inner: Sequence[slice], index: Sequence[int], values: np.ndarray) -> None:
+        """Store `values` (C, *inner), then mark block `index` finished."""
+        check_aligned(self.array, inner, where=self.where)
+        marker = tuple(int(i) for i in index)
+        if self._marker_bytes is not None:
+            chunk = self._chunk(inner, values)
+            if chunk is not None:
+                coords, data = chunk
+                root, encode = self._data
+                _put_file(root / self.array.metadata.encode_chunk_key(coords), encode(data))  # data first
+                _put_file(self._marker_root / self.done.metadata.encode_chunk_key(marker), self._marker_bytes)
+                return
+        self._write_zarr(inner, marker, values)
+
+    def _chunk(self, inner: Sequence[slice], values: np.ndarray):
+        """(chunk coordinates, full-chunk array) when `values` is exactly one chunk; else None."""
+        arr = self.array
+        chunks, shape = tuple(arr.chunks), tuple(arr.shape)
+        values = np.asarray(values)
+        spans = [(0, shape[0])] + [(s.start, s.stop) for s in inner]
+        if values.ndim != len(shape) or any(s.step not in (None, 1) for s in inner):
+            return None
+        coords = []
+        for (start, stop), c, n, v in zip(spans, chunks, shape, values.shape):
+            if start % c or stop - start != v or stop != min(start + c, n):
+                return None
+            coords.append(start // c)
+        data = np.ascontiguousarray(values, dtype=arr.dtype)
+        if data.shape != chunks:  # an edge chunk: stored full size, the rest is fill value
+            full = np.full(chunks, arr.fill_value, dtype=arr.dtype)
+            full[tuple(slice(0, v) for v in data.shape)] = data
+            data = full
+        return tuple(coords), data
+
+    def _write_zarr(self, inner: Sequence[slice], marker: tuple[int, ...], values: np.ndarray) -> None:
+        from zarr.core.sync import sync
+
+        selection = (slice(None),) + tuple(inner)
+        array, done = self.array, self.done
+
+        async def store():
+            await array.async_array.setitem(selection, values)
+            await done.async_array.setitem(marker, np.uint8(1))
+
+        sync(store())
+
+
+def _direct_encoder(array):
+    """(folder of the array, numpy chunk -> stored bytes) when `BlockWriter` can write `array`'s
+    chunks itself (local store, bytes codec + at most one Blosc/Zstd compressor); else None."""
+    import sys
+
+    try:
+        from numcodecs import Blosc, Zstd
+        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+        from zarr.storage import LocalStore
+
+        store_path = array.store_path
+        store = store_path.store
+        codecs = tuple(array.metadata.codecs)
+        if not isinstance(store, LocalStore) or store.read_only or array.metadata.zarr_format != 3:
+            return None
+        first, rest = codecs[0], codecs[1:]
+        endian = getattr(getattr(first, "endian", None), "value", None)
+        if not isinstance(first, BytesCodec) or endian not in (None, sys.byteorder) or len(rest) > 1:
+            return None
+        codec = rest[0] if rest else None
+        if codec is None:
+            compress = None
+        elif isinstance(codec, BloscCodec):
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[getattr(codec.shuffle, "value", codec.shuffle)]
+            compress = Blosc(cname=getattr(codec.cname, "value", codec.cname), clevel=int(codec.clevel), shuffle=shuffle,
+                             blocksize=int(codec.blocksize or 0), typesize=codec.typesize)
+        elif isinstance(codec, ZstdCodec):
+            compress = Zstd(level=int(codec.level), checksum=bool(codec.checksum))
+        else:
+            return None
+        root = Path(store.root) / store_path.path if store_path.path else Path(store.root)
+    except Exception:  # another zarr/numcodecs layout: let zarr write
+        return None
+
+    def encode(chunk: np.ndarray) -> bytes:
+        raw = np.ascontiguousarray(chunk)
+        return raw.tobytes() if compress is None else compress.encode(raw)
+
+    return root, encode
+
+
+def _put_file(path: Path, data) -> None:
+    """Write `data` to `path` atomically: a temporary file beside it, then a rename."""
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_aligned(array, inner: Sequence[slice], *, where: str) -> None:
@@ -180,4 +305,4 @@ def check_aligned(array, inner: Sequence[slice], *, where: str) -> None:
             )
 
 
-__all__ = ["DONE_GROUP", "PredictionStore", "array_name", "check_aligned", "write_and_mark"]
+__all__ = ["BlockWriter", "DONE_GROUP", "PredictionStore", "array_name", "check_aligned", "write_and_mark"]
