@@ -274,3 +274,22 @@ def test_statistics_read_straight_from_the_store_give_the_same_digest(tmp_path):
     through_dask = sample_image(cf)
     assert direct.digest == through_dask.digest and direct.complete
     np.testing.assert_array_equal(direct.values, through_dask.values)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64])
+def test_normalization_casts_inside_the_multiplication_bit_for_bit(dtype):
+    from segrank.inference.normalize import Normalization
+
+    norm = Normalization((0.0123456789, 3.3), (-0.2, 1e-3))
+    gen = np.random.default_rng(8)
+    if np.dtype(dtype).kind == "f":
+        x = gen.normal(0, 1e4, size=(2, 33, 17)).astype(dtype)
+    else:
+        x = gen.integers(0, np.iinfo(dtype).max, size=(2, 33, 17), dtype=dtype)
+    x = x[:, 1:, ::2]  # not contiguous
+    expected = x.astype(np.float32)  # cast first, then scale and shift in float32 (as before)
+    expected *= np.asarray(norm.scale, np.float32).reshape(2, 1, 1)
+    expected += np.asarray(norm.offset, np.float32).reshape(2, 1, 1)
+    got = norm.apply(x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)

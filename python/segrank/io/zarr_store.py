@@ -219,8 +219,11 @@ class BlockWriter:
             coords.append(start // c)
         data = np.ascontiguousarray(values, dtype=arr.dtype)
         if data.shape != chunks:  # an edge chunk: stored full size, the rest is fill value
-            full = np.full(chunks, arr.fill_value, dtype=arr.dtype)
+            full = np.empty(chunks, dtype=arr.dtype)
             full[tuple(slice(0, v) for v in data.shape)] = data
+            for axis, (v, c) in enumerate(zip(data.shape, chunks)):
+                if v < c:
+                    full[(slice(None),) * axis + (slice(v, None),)] = arr.fill_value
             data = full
         return tuple(coords), data
 
