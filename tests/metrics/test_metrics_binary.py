@@ -226,3 +226,28 @@ def test_concurrent_calls_from_python_threads():
         tables = list(pool.map(lambda rt: contingency_table(*rt), labels))
     assert counts == [binary_consistency(a, b) for a, b in pairs]
     assert tables == [contingency_table(r, t) for r, t in labels]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("background", [False, True])
+def test_float_kernel_block_edges_and_odd_values(dtype, background):
+    # The float kernels work in blocks of 1024 pixels and pack the pixels of A and B before the
+    # sqrt: lengths around block edges, runs of foreground and out-of-range values (negative,
+    # above 1, NaN, inf) must give exactly the reference units on every SIMD path.
+    rng = np.random.default_rng(7)
+    for n in (7, 8, 1023, 1024, 1025, 2047, 2048 + 9, 5 * 1024 + 13):
+        a = random_probabilities(rng, n, np.float64)
+        a[np.repeat(rng.random(n // 16 + 1) < 0.5, 16)[:n]] += 0.5  # runs of foreground
+        b = np.clip(a + 0.2 * (rng.random(n) - 0.5), -0.1, 1.2)
+        odd = rng.random(n) < 0.02
+        b[odd] = rng.choice([-0.5, 1.5, np.nan, np.inf, -np.inf], int(odd.sum()))
+        a, b = a.astype(dtype), b.astype(dtype)
+        ref = binary_numpy(a, b, 0.5, background)
+        best = simd_level()
+        try:
+            for level in ("portable", best):
+                set_simd_level(level)
+                c = binary_consistency(a, b, threshold=0.5, background=background)
+                assert (c.n_and, c.n_or, c.ei_units) == ref, (n, level)
+        finally:
+            set_simd_level(best)

@@ -285,60 +285,84 @@ SEGRANK_TARGET_AVX2 inline __m256 load8_ps(const char* p, std::ptrdiff_t k) {
   return _mm256_loadu_ps(reinterpret_cast<const float*>(p) + k);
 }
 
-// float32 / float16 probabilities, 16 pixels per step and no branches: the foreground pattern
-// changes every few pixels, so a skip test would mispredict more often than the sqrt it saves
-// costs. Counts live in 32-bit lanes; EI units (rounded sqrt in float, the portable rule) of two
-// vectors add in 32-bit lanes (2 * 2^30 fits) and widen to 64-bit lanes once per step.
+// Left-pack indices for _mm256_permutevar8x32_ps: entry m lists the set bits of m, lowest
+// first, one byte each (unused bytes 0).
+inline const std::uint64_t* left_pack_table() {
+  static const std::vector<std::uint64_t> table = [] {
+    std::vector<std::uint64_t> t(256);
+    for (unsigned m = 0; m < 256; ++m) {
+      std::uint64_t v = 0;
+      int out = 0;
+      for (unsigned k = 0; k < 8; ++k)
+        if ((m >> k) & 1u) v |= std::uint64_t(k) << (8 * out++);
+      t[m] = v;
+    }
+    return t;
+  }();
+  return table.data();
+}
+
+// float32 / float16 probabilities in blocks of pixels, two passes per block and no branches.
+// Pass 1 counts |A or B| and packs the products u * p of the pixels in A and B (left-packed
+// with a permute) into a small buffer; pass 2 takes the rounded sqrt (the portable rule) of the
+// packed products only, so the sqrt unit, the bottleneck, works on A and B alone instead of on
+// every pixel. The foreground pattern changes every few pixels, so skipping with a branch would
+// mispredict. EI units of two vectors add in 32-bit lanes (2 * 2^30 fits) and widen to 64-bit
+// lanes once per step; the sum is an exact integer, whatever the order.
 template <bool Half, bool Background>
 SEGRANK_TARGET_AVX2 inline std::ptrdiff_t binary_float_lanes_avx2(const char* a, const char* b, std::ptrdiff_t n,
                                                            const binary_config& c, binary_counts& acc) {
   // Background: not (v > t), NaN included.
   constexpr int predicate = Background ? _CMP_NGT_UQ : _CMP_GT_OQ;
+  constexpr std::ptrdiff_t block = 1024;
   const __m256 tf = _mm256_set1_ps(c.tf);
   const __m256 one = _mm256_set1_ps(1.f);
   const __m256 zero = _mm256_setzero_ps();
   const __m256 scale = _mm256_set1_ps(1073741824.0f);
   const __m256i low_half = _mm256_set1_epi64x(0xffffffffll);
-  const std::ptrdiff_t n16 = n & ~std::ptrdiff_t(15);
+  const std::uint64_t* pack = left_pack_table();
+  alignas(32) float buf[block + 16];
+  const std::ptrdiff_t n8 = n & ~std::ptrdiff_t(7);
   std::ptrdiff_t i = 0;
   std::uint64_t n_and = 0, n_or = 0;
-  while (i < n16) {
-    // Lanes gain <= 2 counts and < 2^32 units per step: drain every 2^20 steps.
-    const std::ptrdiff_t stop = std::min<std::ptrdiff_t>(n16, i + (std::ptrdiff_t(16) << 20));
-    __m256i c_and = _mm256_setzero_si256(), c_or = _mm256_setzero_si256();
-    __m256i u_even = _mm256_setzero_si256(), u_odd = _mm256_setzero_si256();
-    for (; i < stop; i += 16) {
-      __m256i q2 = _mm256_setzero_si256();
-      for (int k = 0; k < 16; k += 8) {
-        __m256 va = load8_ps<Half>(a, i + k), vb = load8_ps<Half>(b, i + k);
-        const __m256 fa = _mm256_cmp_ps(va, tf, predicate), fb = _mm256_cmp_ps(vb, tf, predicate);
-        const __m256 m_and = _mm256_and_ps(fa, fb);
-        c_and = _mm256_sub_epi32(c_and, _mm256_castps_si256(m_and));
-        c_or = _mm256_sub_epi32(c_or, _mm256_castps_si256(_mm256_or_ps(fa, fb)));
-        if (Background) {
-          va = _mm256_sub_ps(one, va);
-          vb = _mm256_sub_ps(one, vb);
-        }
-        const __m256 s = _mm256_min_ps(_mm256_max_ps(_mm256_sqrt_ps(_mm256_mul_ps(va, vb)), zero), one);
-        const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(s, scale));
-        q2 = _mm256_add_epi32(q2, _mm256_and_si256(q, _mm256_castps_si256(m_and)));
+  while (i < n8) {
+    const std::ptrdiff_t stop = std::min<std::ptrdiff_t>(n8, i + block);
+    __m256i c_or = _mm256_setzero_si256();
+    std::ptrdiff_t packed = 0;
+    for (; i < stop; i += 8) {
+      __m256 va = load8_ps<Half>(a, i), vb = load8_ps<Half>(b, i);
+      const __m256 fa = _mm256_cmp_ps(va, tf, predicate), fb = _mm256_cmp_ps(vb, tf, predicate);
+      c_or = _mm256_sub_epi32(c_or, _mm256_castps_si256(_mm256_or_ps(fa, fb)));
+      const unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_and_ps(fa, fb)));
+      if (Background) {
+        va = _mm256_sub_ps(one, va);
+        vb = _mm256_sub_ps(one, vb);
       }
+      const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pack + m)));
+      _mm256_storeu_ps(buf + packed, _mm256_permutevar8x32_ps(_mm256_mul_ps(va, vb), idx));
+      packed += _mm_popcnt_u32(m);
+    }
+    alignas(32) std::uint32_t to[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(to), c_or);
+    for (int k = 0; k < 8; ++k) n_or += to[k];
+    n_and += static_cast<std::uint64_t>(packed);
+    // Pad with zero products (0 units) to whole pairs of vectors.
+    _mm256_storeu_ps(buf + packed, zero);
+    _mm256_storeu_ps(buf + packed + 8, zero);
+    __m256i u_even = _mm256_setzero_si256(), u_odd = _mm256_setzero_si256();
+    for (std::ptrdiff_t k = 0; k < packed; k += 16) {
+      const __m256 s0 = _mm256_min_ps(_mm256_max_ps(_mm256_sqrt_ps(_mm256_load_ps(buf + k)), zero), one);
+      const __m256 s1 = _mm256_min_ps(_mm256_max_ps(_mm256_sqrt_ps(_mm256_load_ps(buf + k + 8)), zero), one);
+      const __m256i q2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(s0, scale)),
+                                          _mm256_cvtps_epi32(_mm256_mul_ps(s1, scale)));
       u_even = _mm256_add_epi64(u_even, _mm256_and_si256(q2, low_half));
       u_odd = _mm256_add_epi64(u_odd, _mm256_srli_epi64(q2, 32));
     }
-    alignas(32) std::uint32_t ta[8], to[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(ta), c_and);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(to), c_or);
-    for (int k = 0; k < 8; ++k) {
-      n_and += ta[k];
-      n_or += to[k];
-    }
-    acc.ei_units += hsum_epi64(u_even);  // each lane gained < 2^52 since the last drain
-    acc.ei_units += hsum_epi64(u_odd);
+    acc.ei_units += hsum_epi64(_mm256_add_epi64(u_even, u_odd));  // < 2^43: no overflow
   }
   acc.n_and += n_and;
   acc.n_or += n_or;
-  return n16;
+  return n8;
 }
 
 template <bool Half>

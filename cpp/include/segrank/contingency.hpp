@@ -102,6 +102,12 @@ struct contingency_options {
 
 namespace detail {
 
+#if defined(__GNUC__) || defined(__clang__)
+#define SEGRANK_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define SEGRANK_ALWAYS_INLINE inline
+#endif
+
 inline void prefetch_address(const void* p) {
 #if defined(__GNUC__) || defined(__clang__)
   __builtin_prefetch(p);
@@ -209,11 +215,20 @@ class cached_counter {
   ~cached_counter() { flush(); }
 
   void prefetch(std::uint64_t r, std::uint64_t s) const { prefetch_address(&slots_[index(Key::of(r, s))]); }
+  // The same in two steps, for loops that prefetch ahead: the slot index of a pair is computed
+  // once (the hash of a wide key costs two multiplications), prefetched, then used by add_at.
+  static std::size_t slot_of(std::uint64_t r, std::uint64_t s) { return index(Key::of(r, s)); }
+  void prefetch_slot(std::size_t i) const { prefetch_address(&slots_[i]); }
 
-  void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+  // Inlined into the run loops: a call per run costs more than the update itself.
+  SEGRANK_ALWAYS_INLINE void add(std::uint64_t r, std::uint64_t s, std::uint64_t n) {
+    add_at(slot_of(r, s), r, s, n);
+  }
+  // add(r, s, n) with i = slot_of(r, s).
+  SEGRANK_ALWAYS_INLINE void add_at(std::size_t i, std::uint64_t r, std::uint64_t s, std::uint64_t n) {
     // An empty slot (n = 0) may match too: it then simply starts counting.
     const Key key = Key::of(r, s);
-    slot& e = slots_[index(key)];
+    slot& e = slots_[i];
     if (e.key == key) {
       e.n += n;
       return;
@@ -230,8 +245,9 @@ class cached_counter {
   }
 
  private:
-  // 8192 slots: holds the pairs of a few rows, and much of a plane's, within L2.
-  static constexpr int bits = 13;
+  // 16384 slots of packed keys (256 KB), 32768 of wide keys (768 KB): the pairs of a few rows,
+  // and most of a plane's, within L2; fewer conflict evictions into the big table than 8192.
+  static constexpr int bits = sizeof(Key) > 8 ? 15 : 14;
   static constexpr std::size_t size = std::size_t(1) << bits;
   static constexpr std::size_t batch = 32;
   struct slot {
@@ -397,16 +413,27 @@ SEGRANK_TARGET_AVX2 void runs_avx2(const R* r, const S* s, std::ptrdiff_t n, std
         }
         count += n_ev;
       }
-      constexpr std::size_t ahead = 8;  // prefetch the counter slot of the run 8 events later
+      // Prefetch the counter slot of the run 8 events later; slot indices wait in a ring.
+      constexpr std::size_t ahead = 8, ring = 16;
+      std::size_t slot_ring[ring];
+      for (std::size_t k = 0; k < ahead && k < count; ++k) {
+        const std::ptrdiff_t jp = base + static_cast<std::ptrdiff_t>(pos[k]);
+        slot_ring[k] = Counter::slot_of(r[jp], s[jp]);
+        ctr.prefetch_slot(slot_ring[k]);
+      }
+      std::size_t cur = Counter::slot_of(cr, cs);
       for (std::size_t k = 0; k < count; ++k) {
         if (k + ahead < count) {
           const std::ptrdiff_t jp = base + static_cast<std::ptrdiff_t>(pos[k + ahead]);
-          ctr.prefetch(r[jp], s[jp]);
+          const std::size_t h = Counter::slot_of(r[jp], s[jp]);
+          slot_ring[(k + ahead) % ring] = h;
+          ctr.prefetch_slot(h);
         }
         const std::ptrdiff_t j = base + static_cast<std::ptrdiff_t>(pos[k]);
-        ctr.add(cr, cs, static_cast<std::uint64_t>(j - start));
+        ctr.add_at(cur, cr, cs, static_cast<std::uint64_t>(j - start));
         cr = r[j];
         cs = s[j];
+        cur = slot_ring[k % ring];
         start = j;
       }
     }
