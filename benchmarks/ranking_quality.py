@@ -83,6 +83,7 @@ PAPER = {
                 "CTE-NHD dropout (v1)": (1.00, 1.00, 0.98), "LEEP": (0.89, 0.96, 0.97)},
 }
 GOALS = {"spearman_nuclei": 0.9, "spearman_other": 0.85, "regret": 0.02}
+CTE_LABEL = {"nhd": "CTE-NHD", "ei": "CTE-EI", "rand": "CTE-Rand"}
 
 
 @dataclass(frozen=True)
@@ -346,34 +347,19 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
         if any(v is not None for v in scores.values()):
             res.scores[SETTING_PREFIX + key] = scores
 
-    # --- rank: the sweep (with the main settings in it), EI, more repeats; one prediction cache
-    # per target, so the EI and more-repeats runs reuse the NHD run's predictions
+    # --- rank: the sweep (with the main settings in it), EI, more repeats, every-level dropout;
+    # one prediction cache per target, so the EI and more-repeats runs reuse the NHD run's predictions
     metric_main = "rand" if info["kind"] == "instance" else "nhd"
     sweep = [f"dropout:{p:g}" for p in cfg.dropout_levels] + [f"noise:{s:g}" for s in cfg.noise_levels]
     main = [cfg.main_dropout, cfg.main_noise]
-    calls = {metric_main: (list(dict.fromkeys((sweep if cfg.sweep else []) + main)), metric_main, 1)}
+    # call -> (perturbations, metric, repeats, models, what "dropout:" is called in the settings)
+    calls = {metric_main: (list(dict.fromkeys((sweep if cfg.sweep else []) + main)), metric_main, 1, eligible, "dropout:")}
     if info["kind"] == "semantic":
-        calls["ei"] = (main, "ei", 1)
+        calls["ei"] = (main, "ei", 1, eligible, "dropout:")
     if cfg.repeats_fix > 1:
-        calls[f"{metric_main}-k{cfg.repeats_fix}"] = (main, metric_main, cfg.repeats_fix)
-    per_unit: dict[str, dict] = {}
-    for call, (specs, metric, repeats) in calls.items():
-        out = work / f"rank-{call}"
-        t0 = time.perf_counter()
-        ranking = rank_dir_guard(out, lambda: rank(eligible, images_dir, out=out, perturbations=specs, metric=metric,
-                                                    repeats=repeats, seed=cfg.seed, device=cfg.device, report=False,
-                                                    progress=True, cache=work / "prediction-cache" if cfg.prediction_cache else None))
-        res.seconds[f"rank-{call}"] = time.perf_counter() - t0
-        res.failures += ranking.failures
-        label = {"nhd": "CTE-NHD", "ei": "CTE-EI", "rand": "CTE-Rand"}[metric]
-        suffix = f" K={repeats}" if repeats > 1 else ""
-        for row in ranking.rows:
-            res.scores.setdefault(f"{label} {row['perturbation']}{suffix}", {})[row["name"]] = row["score"]
-        for pert, by_model in per_unit_scores(out).items():
-            per_unit[f"{label} {pert}{suffix}"] = by_model
-
-    # --- dropout at every level (greybox --every-level): the same masks' rate on each encoder
-    # resolution, the bottleneck and each decoder input, so the skip connections are perturbed too
+        calls[f"{metric_main}-k{cfg.repeats_fix}"] = (main, metric_main, cfg.repeats_fix, eligible, "dropout:")
+    # dropout at every level (greybox --every-level): the same rate on each encoder resolution,
+    # the bottleneck and each decoder input, so the skip connections are perturbed too
     if cfg.every_level:
         from segrank.errors import SegrankError
         from segrank.models.greybox import rewrite
@@ -384,21 +370,27 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
                 every.append(rewrite(m, tensor="auto", every_level=True))
             except SegrankError as err:
                 res.failures.append({"model": m.name, "stage": "greybox every-level", "error": str(err)})
-        specs = [f"dropout:{p:g}" for p in cfg.every_level]
         for metric in [metric_main] + (["ei"] if info["kind"] == "semantic" else []):
-            out = work / f"rank-every-{metric}"
-            t0 = time.perf_counter()
-            ranking = rank_dir_guard(out, lambda: rank(every, images_dir, out=out, perturbations=specs, metric=metric,
-                                                        repeats=1, seed=cfg.seed, device=cfg.device, report=False,
-                                                        progress=True, cache=work / "prediction-cache" if cfg.prediction_cache else None))
-            res.seconds[f"rank-every-{metric}"] = time.perf_counter() - t0
-            res.failures += ranking.failures
-            name = {"nhd": "CTE-NHD", "ei": "CTE-EI", "rand": "CTE-Rand"}[metric]
-            for row in ranking.rows:
-                setting = row["perturbation"].replace("dropout:", "dropout-every:")
-                res.scores.setdefault(f"{name} {setting}", {})[row["name"]] = row["score"]
-            for pert, by_model in per_unit_scores(out).items():
-                per_unit[f"{name} {pert.replace('dropout:', 'dropout-every:')}"] = by_model
+            calls[f"every-{metric}"] = ([f"dropout:{p:g}" for p in cfg.every_level], metric, 1, every, "dropout-every:")
+    per_unit: dict[str, dict] = {}
+    for call, (specs, metric, repeats, models, dropout_name) in calls.items():
+        out = work / f"rank-{call}"
+        t0 = time.perf_counter()
+        ranking = rank_dir_guard(out, lambda: rank(models, images_dir, out=out, perturbations=specs, metric=metric,
+                                                    repeats=repeats, seed=cfg.seed, device=cfg.device, report=False,
+                                                    progress=True, cache=work / "prediction-cache" if cfg.prediction_cache else None))
+        if any(ranking.predictions.values()):  # a report-only pass (all units done) adds no time
+            res.seconds[f"rank-{call}"] = time.perf_counter() - t0
+        res.failures += ranking.failures
+        suffix = f" K={repeats}" if repeats > 1 else ""
+
+        def setting(perturbation: str) -> str:
+            return f"{CTE_LABEL[metric]} {perturbation.replace('dropout:', dropout_name)}{suffix}"
+
+        for row in ranking.rows:
+            res.scores.setdefault(setting(row["perturbation"]), {})[row["name"]] = row["score"]
+        for pert, by_model in per_unit_scores(out).items():
+            per_unit[setting(pert)] = by_model
 
     # --- label-free fixes, from the per-image scores (no labels, no extra inference)
     label = "CTE-Rand" if info["kind"] == "instance" else "CTE-NHD"
@@ -456,16 +448,16 @@ def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: di
                 res.chosen[f"fix: {name} every-level p by max spread"] = pick
                 res.scores[f"fix: {name} every-level p by max spread"] = dict(res.scores[pick])
     res.scores["fix: dropout + noise combined (z-mean)"] = zmean([f"{label} {cfg.main_dropout}", f"{label} {cfg.main_noise}"])
-    # the best single score so far (EI with dropout) beside a second, label-free view of the model
-    ei_main = f"CTE-EI {cfg.main_dropout}"
-    partners = [("confidence", "baseline:confidence")]
-    if cfg.every_level:
-        partners.append((f"every-level {cfg.every_level[0]:g}", f"{label} dropout-every:{cfg.every_level[0]:g}"))
-    for what, other in partners:
-        for base in ([ei_main] if ei_main in res.scores else []) + ([f"{label} dropout-every:{cfg.every_level[0]:g}"]
-                                                                    if cfg.every_level and info["kind"] == "instance" else []):
-            if other in res.scores and other != base:
-                res.scores[f"fix: {base.split(' ', 1)[0]} {base.split(' ', 1)[1]} + {what} (z-mean)"] = zmean([base, other])
+    # the best single scores (EI with dropout; every-level dropout on instances) beside a second,
+    # label-free view of the model
+    every0 = f"{label} dropout-every:{cfg.every_level[0]:g}" if cfg.every_level else None
+    pairs = [(f"CTE-EI {cfg.main_dropout}", "baseline:confidence", "confidence"),
+             (f"CTE-EI {cfg.main_dropout}", every0, f"every-level {cfg.every_level[0]:g}" if cfg.every_level else "")]
+    if info["kind"] == "instance":
+        pairs.append((every0, "baseline:confidence", "confidence"))
+    for base, other, what in pairs:
+        if base in res.scores and other in res.scores:
+            res.scores[f"fix: {base} + {what} (z-mean)"] = zmean([base, other])
     if cfg.repeats_fix > 1:
         for s in main:
             key = f"{label} {s} K={cfg.repeats_fix}"
