@@ -178,18 +178,19 @@ def test_folder_of_images_gets_one_array_each(tmp_path, model):
         np.testing.assert_array_equal(got, predict_image(model, im, device="cpu", tile=16, halo=2))
 
 
-def test_write_and_mark_stores_data_then_marker(tmp_path):
-    from segrank.io.zarr_store import write_and_mark
+def test_block_writer_stores_data_then_marker(tmp_path):
+    from segrank.io.zarr_store import BlockWriter
 
     store = PredictionStore(tmp_path / "p.zarr")
     store.prepare("im", key="k", shape=(1, 20, 20), chunks=(1, 8, 8), grid=(3, 3), dimension_names=["c", "y", "x"])
     arr, done = store.array("im", mode="r+"), store._done_array("im")
     values = np.arange(32, dtype=np.float32).reshape(1, 8, 4)
-    write_and_mark(arr, done, (slice(8, 16), slice(16, 20)), (1, 2), values, where="p")
+    writer = BlockWriter(arr, done, where="p")
+    writer.write((slice(8, 16), slice(16, 20)), (1, 2), values)
     np.testing.assert_array_equal(arr[:, 8:16, 16:20], values)
     assert store.done_blocks("im") == {(1, 2)}
     with pytest.raises(PredictionError, match="not aligned"):
-        write_and_mark(arr, done, (slice(4, 12), slice(0, 8)), (0, 0), values, where="p")
+        writer.write((slice(4, 12), slice(0, 8)), (0, 0), values)
     assert store.done_blocks("im") == {(1, 2)}  # a refused write marks nothing
 
 

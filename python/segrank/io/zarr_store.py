@@ -157,15 +157,6 @@ class PredictionStore:
         return zarr.open_array(str(self.path), path=f"{DONE_GROUP}/{array_name(name)}", mode="r+")
 
 
-def write_and_mark(array, done, inner: Sequence[slice], index: Sequence[int], values: np.ndarray, *, where: str) -> None:
-    """Write one block's values (C, *inner) to `array`, then set ``done[index] = 1``.
-
-    A block is never marked before its data is stored. See `BlockWriter` (which keeps what it
-    learns about the two arrays between blocks; prefer it for many blocks).
-    """
-    BlockWriter(array, done, where=where).write(inner, index, values)
-
-
 class BlockWriter:
     """Writes whole-chunk blocks of one prediction array, each followed by its done marker.
 
@@ -308,4 +299,4 @@ def check_aligned(array, inner: Sequence[slice], *, where: str) -> None:
             )
 
 
-__all__ = ["BlockWriter", "DONE_GROUP", "PredictionStore", "array_name", "check_aligned", "write_and_mark"]
+__all__ = ["BlockWriter", "DONE_GROUP", "PredictionStore", "array_name", "check_aligned"]
