@@ -86,9 +86,11 @@ def _write_volume(path: Path, shape, chunks, seed: int = 0) -> Path:
 def overhead(preset: dict, *, device: str, threads: int | None, workdir: Path, sink, model_kind: str = "light",
              repeat: int = 1, machine: str = "") -> list[dict]:
     from segrank.inference.blocks import choose_blocking  # noqa: F401  (documented vocabulary)
-    from segrank.inference.predict import (
-        _blocking_for, _channel_first, _read, _to_model, image_normalization, predict_target,
-    )
+    from segrank.inference.axes import channel_first as _channel_first
+    from segrank.inference.prepared import blocking_for as _blocking_for, image_normalization
+    from segrank.inference.source import read_region as _read
+    from segrank.inference.steps import _to_model
+    from segrank.inference.to_store import predict_target
     from segrank.inference.session import cached_session
     from segrank.io.targets import open_target
 
@@ -189,7 +191,7 @@ def _flops_per_pixel(hidden: int, layers: int, halo: int) -> float:
 
 def _memory_child(args) -> None:
     """Predict one volume in this fresh process; print peak RSS and time as JSON."""
-    from segrank.inference.predict import predict_target
+    from segrank.inference.to_store import predict_target
     from segrank.io.targets import open_target
 
     model = _model(Path(args.workdir), hidden=4, layers=2, halo=4)

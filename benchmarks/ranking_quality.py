@@ -5,7 +5,7 @@ every model is ranked on every target it was not trained on (leave-one-source-ou
 `card.source_data` of its sidecar and the test ids of benchmarks/bank/splits.json), through
 segrank's Python API:
 
-- `segrank.rank` (segrank/ranking.py): CTE-NHD and CTE-EI (semantic) or CTE-Rand (instance), with bottleneck
+- `segrank.rank` (segrank/job/): CTE-NHD and CTE-EI (semantic) or CTE-Rand (instance), with bottleneck
   dropout and with input noise, plus a perturbation-strength sweep (dropout 0.05-0.5, noise
   sigma 0.01-0.3) and a run with more repeats;
 - `segrank.evaluate.job.evaluate`: true foreground F1 / mAP against the labels;
@@ -290,11 +290,11 @@ class TargetResult:
 
 
 def run_target(task: str, info: dict, spec: TargetSpec, models: list, splits: dict, cfg: Config) -> TargetResult | None:
-    from segrank.ranking import rank
+    from segrank.job import rank
     from segrank.evaluate.baselines import BASELINES, SETTING_PREFIX, baselines
     from segrank.evaluate.job import evaluate, validate
     from segrank.io.targets import open_target
-    from segrank.ranking import file_digest
+    from segrank.job.rundir import file_digest
 
     in_domain = info["domain"] == "em"
     eligible, excluded = [], []

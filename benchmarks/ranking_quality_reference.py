@@ -104,7 +104,7 @@ def build_reference(sources: set[tuple[str, str | None]], splits: dict, *, max_i
 def reference_scores(task: str, info: dict, models: list, splits: dict, args) -> tuple[dict, dict, dict]:
     """{setting: {model: CTE on its own source's val images}} (setting = "CTE-NHD dropout:0.2" ...),
     the reference folders used per model, and the compute seconds of this call."""
-    from segrank.ranking import rank
+    from segrank.job import rank
 
     groups: dict[str, tuple[set, list]] = {}
     unknown = []
@@ -395,7 +395,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per session")
     args = p.parse_args(argv)
     rq.limit_threads(args.threads)
-    from segrank.ranking import file_digest
+    from segrank.job.rundir import file_digest
 
     splits = json.loads(rq.SPLITS.read_text())
     start = time.perf_counter()

@@ -78,7 +78,7 @@ def child(args: dict) -> dict:
     """Run `rank` once in this (fresh) process and measure it."""
     import psutil
 
-    from segrank.ranking import rank
+    from segrank.job import rank
 
     peak_tree = [0]
     stop = threading.Event()
@@ -158,7 +158,7 @@ def measure(volume: Path, *, gib: float, workers: int, path: str, bank: Path, bl
 
 def same_ranking(volume: Path, *, bank: Path, block, workdir: Path) -> dict:
     """Both paths on one volume in this process: per-block scores and rankings compared."""
-    from segrank.ranking import rank
+    from segrank.job import rank
 
     kw = dict(perturbations=[PERTURBATION], device="cpu", block=tuple(block), report=False, progress=False, n_boot=200)
     runs = {}

@@ -10,7 +10,7 @@ import tifffile
 from click.testing import CliRunner
 
 from segrank.cli import main
-from segrank.ranking import rank
+from segrank.job import rank
 
 from model_factory import nan_model, smooth_threshold_model, write_sidecar
 
@@ -162,7 +162,7 @@ def test_same_scores_on_a_two_worker_cluster(noise_bank, blob_target, tmp_path):
 
 def test_public_api_is_the_function(noise_bank, blob_target, tmp_path):
     import segrank
-    import segrank.ranking  # importing the module must not shadow the function
+    import segrank.job  # importing the module must not shadow the function
 
     result = segrank.rank(noise_bank, blob_target, out=tmp_path / "run", perturbations=["noise:0.1"], progress=False,
                           n_boot=20, report=False)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import segrank.inference.predict as predict_module
 from segrank.cli import main
 from segrank.inference.session import TileRunner
-from segrank.ranking import rank
+from segrank.job import rank
 
 from model_factory import pixel_threshold_model, write_sidecar
 
@@ -24,19 +24,19 @@ N_MODELS, N_IMAGES = 2, 6
 def spy(monkeypatch):
     """Counts ONNX Runtime runs (tiles) and whole-image predictions, unperturbed or perturbed."""
     counts = Counter()
-    run, predict_image = TileRunner.__call__, predict_module.predict_image
+    run, predict_prepared = TileRunner.__call__, predict_module.predict_prepared
 
     def counting_run(self, x, mask=None):
         counts["session_runs"] += 1
         return run(self, x, mask)
 
-    def counting_predict(model, image, **kw):
+    def counting_predict(image, session, **kw):
         perturbed = kw.get("perturb") is not None or kw.get("dropout_mask") is not None
         counts["perturbed" if perturbed else "unperturbed"] += 1
-        return predict_image(model, image, **kw)
+        return predict_prepared(image, session, **kw)
 
     monkeypatch.setattr(TileRunner, "__call__", counting_run)
-    monkeypatch.setattr(predict_module, "predict_image", counting_predict)
+    monkeypatch.setattr(predict_module, "predict_prepared", counting_predict)
     return counts
 
 

@@ -16,8 +16,8 @@ import pytest
 import zarr
 
 from segrank.inference.blocks import Blocking
-from segrank.ranking import RunDirectory, rank
-from segrank.scoring.volume import block_regions, nested_tile, tiles_in
+from segrank.job import RunDirectory, rank
+from segrank.scoring.grid import block_regions, nested_tile, tiles_in
 
 from model_factory import smooth_threshold_model, write_sidecar
 
@@ -150,17 +150,17 @@ def _per_unit_scores(ranking) -> dict:
 
 
 def test_block_task_reads_only_its_block_and_halo(tmp_path, volume, monkeypatch):
-    import segrank.inference.predict as predict
+    import segrank.inference.source as source
 
     reads = []
-    original = predict._read
+    original = source.read_region
 
     def spy(data, region):
         if hasattr(data, "dask"):  # reads of the lazy volume (not of the block's own buffer)
             reads.append(region[1:])
         return original(data, region)
 
-    monkeypatch.setattr(predict, "_read", spy)
+    monkeypatch.setattr(source, "read_region", spy)
     bank = _bank(tmp_path, "3d")
     rank(bank, volume, out=tmp_path / "run", perturbations=["noise:0.1"], **KW)
     halo = (2, 3, 3)
@@ -225,7 +225,7 @@ def test_threads_and_two_worker_cluster_agree(tmp_path, volume):
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    import segrank.ranking as R
+    import segrank.job as R
     original = R.RunDirectory.append
     calls = []
     def append(self, rows):
@@ -262,7 +262,7 @@ def test_killed_run_resumes_without_redoing_finished_blocks(tmp_path, volume):
 def test_killing_a_gpu_worker_mid_run_loses_no_finished_block(tmp_path):
     from distributed import Client
 
-    from segrank.ranking import GPU, gpu_cluster
+    from segrank.job.execute import GPU, gpu_cluster
 
     shape, block = (24, 36, 48), (6, 12, 16)  # 36 blocks: the run outlives the kill
     n_blocks = 36

@@ -1,2 +1,3 @@
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
-#include <doctest/doctest.h>
+#include "harness.hpp"
+
+int main(int argc, char** argv) { return segrank_test::run(argc, argv); }

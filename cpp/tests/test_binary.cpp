@@ -1,4 +1,4 @@
-#include <doctest/doctest.h>
+#include "harness.hpp"
 
 #include <cmath>
 #include <cstring>
@@ -21,9 +21,9 @@ TEST_CASE("binary: uint8 masks, hand-computed") {
     CHECK(c.n_and == 2);
     CHECK(c.n_or == 4);
     CHECK(c.n_xor() == 2);
-    CHECK(c.nhd() == doctest::Approx(0.5));
-    CHECK(c.consistency() == doctest::Approx(0.5));
-    CHECK(c.ei() == doctest::Approx(0.5));  // p = 1 on masks
+    CHECK(c.nhd() == segrank_test::Approx(0.5));
+    CHECK(c.consistency() == segrank_test::Approx(0.5));
+    CHECK(c.ei() == segrank_test::Approx(0.5));  // p = 1 on masks
     CHECK(c.ei_units == uint128(std::uint64_t(2) << 30));
   });
 }
@@ -35,10 +35,10 @@ TEST_CASE("binary: float32 probabilities, hand-computed NHD and EI") {
     const auto c = binary_consistency(view2(pu, 2, 2), view2(pp, 2, 2));
     CHECK(c.n_and == 2);  // pixels 0 and 3
     CHECK(c.n_or == 4);
-    CHECK(c.nhd() == doctest::Approx(0.5));
+    CHECK(c.nhd() == segrank_test::Approx(0.5));
     const double ei_sum = std::sqrt(0.9 * 0.8) + std::sqrt(0.6 * 0.7);
-    CHECK(c.ei_sum() == doctest::Approx(ei_sum).epsilon(1e-6));
-    CHECK(c.ei() == doctest::Approx(ei_sum / 4).epsilon(1e-6));
+    CHECK(c.ei_sum() == segrank_test::Approx(ei_sum).epsilon(1e-6));
+    CHECK(c.ei() == segrank_test::Approx(ei_sum / 4).epsilon(1e-6));
   });
 }
 
@@ -62,7 +62,7 @@ TEST_CASE("binary: background variant scores 1 - p on the complements") {
     // background: A' = {1, 3}, B' = {2, 3}
     CHECK(c.n_and == 1);
     CHECK(c.n_or == 3);
-    CHECK(c.ei_sum() == doctest::Approx(std::sqrt(0.9 * 0.7)).epsilon(1e-6));
+    CHECK(c.ei_sum() == segrank_test::Approx(std::sqrt(0.9 * 0.7)).epsilon(1e-6));
   });
 }
 
@@ -74,7 +74,7 @@ TEST_CASE("binary: uint8 probabilities mean v / 255") {
     // 128/255 > 0.5 > 127/255: A = {0, 1, 4}, B = {0, 1, 2}
     CHECK(c.n_and == 2);
     CHECK(c.n_or == 4);
-    CHECK(c.ei_sum() == doctest::Approx(1.0 + 128.0 / 255.0).epsilon(1e-9));
+    CHECK(c.ei_sum() == segrank_test::Approx(1.0 + 128.0 / 255.0).epsilon(1e-9));
   });
 }
 
@@ -92,7 +92,7 @@ TEST_CASE("binary: float16 and float64 agree with float32 on representable value
     CHECK(cd == cf);  // terms 0.75 and 0.625 are exact in both precisions
     CHECK(cf.n_and == 2);
     CHECK(cf.n_or == 4);
-    CHECK(cf.ei_sum() == doctest::Approx(0.75 + 0.625));
+    CHECK(cf.ei_sum() == segrank_test::Approx(0.75 + 0.625));
   });
 }
 

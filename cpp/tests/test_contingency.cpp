@@ -1,4 +1,4 @@
-#include <doctest/doctest.h>
+#include "harness.hpp"
 
 #include <limits>
 #include <map>

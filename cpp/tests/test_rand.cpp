@@ -1,4 +1,4 @@
-#include <doctest/doctest.h>
+#include "harness.hpp"
 
 #include <cmath>
 
@@ -27,9 +27,9 @@ TEST_CASE("rand: method convention, hand-computed") {
   CHECK(s.ref == uint128(10));
   CHECK(s.test == uint128(8));
   const auto r = adapted_rand(example());
-  CHECK(r.precision == doctest::Approx(0.4));
-  CHECK(r.recall == doctest::Approx(0.5));
-  CHECK(r.f == doctest::Approx(4.0 / 9.0));
+  CHECK(r.precision == segrank_test::Approx(0.4));
+  CHECK(r.recall == segrank_test::Approx(0.5));
+  CHECK(r.f == segrank_test::Approx(4.0 / 9.0));
 }
 
 TEST_CASE("rand: skimage, elf and snemi3d conventions, hand-computed") {
@@ -55,7 +55,7 @@ TEST_CASE("rand: skimage, elf and snemi3d conventions, hand-computed") {
   CHECK(s.ref == uint128(17));
   CHECK(s.test == uint128(15));
   const auto r = adapted_rand(t, rand_convention::snemi3d);
-  CHECK(r.f == doctest::Approx(11.0 / 16.0));
+  CHECK(r.f == segrank_test::Approx(11.0 / 16.0));
 }
 
 TEST_CASE("rand: identical labellings score 1, no pairs give NaN") {
@@ -74,20 +74,20 @@ TEST_CASE("vi: hand-computed split and merge") {
   const std::vector<std::uint32_t> r = {1, 1, 2, 2};
   const std::vector<std::uint32_t> s = {4, 4, 4, 4};
   const auto v = variation_of_information(contingency(view2(r, 1, 4), view2(s, 1, 4)));
-  CHECK(v.split == doctest::Approx(0.0));
-  CHECK(v.merge == doctest::Approx(1.0));
+  CHECK(v.split == segrank_test::Approx(0.0));
+  CHECK(v.merge == segrank_test::Approx(1.0));
   const auto w = variation_of_information(contingency(view2(s, 1, 4), view2(r, 1, 4)));
-  CHECK(w.split == doctest::Approx(1.0));
-  CHECK(w.merge == doctest::Approx(0.0));
+  CHECK(w.split == segrank_test::Approx(1.0));
+  CHECK(w.merge == segrank_test::Approx(0.0));
   // method convention: background pixels inside the mask are singletons
   // reference {1,1,0,0}, test {3,3,3,3}: clusters R = {1:2, s, s}, T = {3:4}, joint = {2, s, s}
   // split = (2 log2 2 - 2 log2 2) / 4 = 0; merge = (4 log2 4 - 2 log2 2) / 4 = 1.5
   const std::vector<std::uint32_t> r2 = {1, 1, 0, 0};
   const auto m = variation_of_information(contingency(view2(r2, 1, 4), view2(s, 1, 4)));
-  CHECK(m.split == doctest::Approx(0.0));
-  CHECK(m.merge == doctest::Approx(1.5));
+  CHECK(m.split == segrank_test::Approx(0.0));
+  CHECK(m.merge == segrank_test::Approx(1.5));
   const auto all = variation_of_information(contingency(view2(r2, 1, 4), view2(s, 1, 4)), vi_convention::all);
-  CHECK(all.merge == doctest::Approx(1.0));  // 0 is one cluster of 2 under 'all'
+  CHECK(all.merge == segrank_test::Approx(1.0));  // 0 is one cluster of 2 under 'all'
   CHECK(std::isnan(variation_of_information(contingency_table{}).split));
 }
 
@@ -96,10 +96,10 @@ TEST_CASE("iou: overlapping pairs, hand-computed") {
   CHECK(p.ref_ids == std::vector<std::uint64_t>{1, 2, 3});
   CHECK(p.test_ids == std::vector<std::uint64_t>{1, 2, 3, 5});
   REQUIRE(p.iou.size() == 4);  // (1,1), (2,1), (2,2), (3,3)
-  CHECK(p.iou[0] == doctest::Approx(2.0 / 3.0));  // 2 / (2 + 3 - 2)
-  CHECK(p.iou[1] == doctest::Approx(1.0 / 4.0));  // 1 / (2 + 3 - 1)
-  CHECK(p.iou[2] == doctest::Approx(1.0 / 2.0));  // 1 / (2 + 1 - 1)
-  CHECK(p.iou[3] == doctest::Approx(2.0 / 3.0));  // 2 / (3 + 2 - 2)
+  CHECK(p.iou[0] == segrank_test::Approx(2.0 / 3.0));  // 2 / (2 + 3 - 2)
+  CHECK(p.iou[1] == segrank_test::Approx(1.0 / 4.0));  // 1 / (2 + 3 - 1)
+  CHECK(p.iou[2] == segrank_test::Approx(1.0 / 2.0));  // 1 / (2 + 1 - 1)
+  CHECK(p.iou[3] == segrank_test::Approx(2.0 / 3.0));  // 2 / (3 + 2 - 2)
   CHECK(p.ref_index == std::vector<std::uint64_t>{0, 1, 1, 2});
   CHECK(p.test_index == std::vector<std::uint64_t>{0, 0, 1, 2});
 }

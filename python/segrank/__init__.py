@@ -20,7 +20,7 @@ def cmake_dir() -> str:
 
 # The public API, imported on first use so that `import segrank` (and the CLI) stays light.
 _API = {
-    "rank": ("segrank.ranking", "rank"),
+    "rank": ("segrank.job", "rank"),
     "evaluate": ("segrank.evaluate.job", "evaluate"),
     "validate": ("segrank.evaluate.job", "validate"),
     "load_model": ("segrank.models", "load_model"),

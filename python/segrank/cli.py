@@ -89,7 +89,7 @@ def cmake_dir_cmd():
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
              threshold, workers, scheduler, block, in_memory, cache, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
-    from .ranking import rank
+    from .job import rank
     from .report import format_table
 
     if example:
@@ -165,7 +165,7 @@ def evaluate_cmd(bank, target, labels, out, device, axes, as_json, with_baseline
 def predict_cmd(model, target, out, tile, halo, device, axes, key, scheduler, workers, no_progress):
     """Write MODEL's predictions (after its activation) for every image of TARGET to a Zarr store."""
     from .errors import InputError
-    from .inference.predict import predict_target
+    from .inference.to_store import predict_target
     from .io.targets import open_target
     from .models import load_model
 

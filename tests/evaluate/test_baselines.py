@@ -119,7 +119,8 @@ def feature_bank(tmp_path):
 def test_feature_tensor_and_probe_output(feature_bank, blob_target):
     """auto picks the upsampled decoder tensor; the probe's first channel is the model's output."""
     from segrank.evaluate.baselines import feature_model
-    from segrank.inference.predict import activate, predict_image
+    from segrank.inference.predict import predict_image
+    from segrank.inference.steps import activate
 
     model = load_model(feature_bank / "unet.onnx")
     name, channels = feature_tensor(model)

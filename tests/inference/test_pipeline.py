@@ -11,7 +11,9 @@ from conv_nets import conv_model
 
 from segrank.errors import PredictionError
 from segrank.inference.normalize import percentiles
-from segrank.inference.predict import predict_image, predict_target, run_pipelined
+from segrank.inference.pipeline import run_pipelined
+from segrank.inference.predict import predict_image
+from segrank.inference.to_store import predict_target
 from segrank.io import targets
 from segrank.io.targets import open_target
 from segrank.models.description import Preprocessing
@@ -125,9 +127,11 @@ def test_tasks_run_across_images_of_a_folder(tmp_path):
 @pytest.mark.parametrize("keep", [True, False])
 def test_whole_file_image_is_read_once_per_task(tmp_path, monkeypatch, keep):
     from segrank.inference import predict as predict_module
+    from segrank.inference import to_store
 
     if not keep:  # no budget for keeping the pixels read for the statistics
         monkeypatch.setattr(predict_module, "KEEP_PIXELS_BYTES", 0)
+        monkeypatch.setattr(to_store, "KEEP_PIXELS_BYTES", 0)
     reads = []
     original = targets._read_tif
 
@@ -224,7 +228,7 @@ def test_tiles_per_run_is_in_the_cache_key_only_when_batched(tmp_path):
 def test_activation_in_place_equals_scipy(dtype):
     from scipy.special import expit, softmax
 
-    from segrank.inference.predict import activate
+    from segrank.inference.steps import activate
 
     gen = np.random.default_rng(4)
     y = (gen.normal(0, 30, size=(3, 40, 50))).astype(dtype)
@@ -260,7 +264,8 @@ def test_statistics_read_straight_from_the_store_give_the_same_digest(tmp_path):
     # the pixels for the statistics come through the block reader (no dask graph); the digest
     # (part of every prediction key) is the same as reading them through dask
     from segrank.inference.normalize import sample_image
-    from segrank.inference.predict import BlockSource, _channel_first
+    from segrank.inference.axes import channel_first as _channel_first
+    from segrank.inference.source import BlockSource
 
     data = np.random.default_rng(7).integers(0, 255, size=(6, 33, 29)).astype(np.uint8)
     arr = zarr.create_array(str(tmp_path / "v.zarr"), shape=data.shape, chunks=(2, 16, 16), dtype="uint8",

@@ -6,7 +6,8 @@ import pytest
 from conv_nets import conv_model, reference_prediction
 
 from segrank.errors import InputError
-from segrank.inference.predict import normalize_image, predict_image
+from segrank.inference.predict import predict_image
+from segrank.inference.prepared import normalize_image
 from segrank.io.targets import TargetImage
 from segrank.models.description import Preprocessing, Tiling
 

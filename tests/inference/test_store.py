@@ -16,7 +16,8 @@ import zarr
 from conv_nets import conv_model
 
 from segrank.errors import PredictionError
-from segrank.inference.predict import predict_image, predict_target
+from segrank.inference.predict import predict_image
+from segrank.inference.to_store import predict_target
 from segrank.io.targets import open_target
 from segrank.io.zarr_store import PredictionStore, check_aligned
 
@@ -98,7 +99,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from conv_nets import conv_model
-    from segrank.inference.predict import predict_target
+    from segrank.inference.to_store import predict_target
     from segrank.io.targets import open_target
 
     def slow(tile, origin):

@@ -342,7 +342,8 @@ def model_baselines(
     `mean_entropy`); per target the median over images, like CTE's aggregation. LEEP pools the
     sampled pixels of all images; CCFV compares images (see `ccfv`).
     """
-    from ..inference.predict import activate, predict_image
+    from ..inference.predict import predict_image
+    from ..inference.steps import activate
     from ..inference.session import create_session
 
     scores: dict = {"confidence": None, "entropy": None, "leep": None, "ccfv": None, "n_images": len(images)}

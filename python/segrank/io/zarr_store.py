@@ -151,6 +151,10 @@ class PredictionStore:
             writer = self._writers[array_name(name)] = BlockWriter(arr, self._done_array(name), where=f"{self.path}/{array_name(name)}")
         writer.write(inner, index, values)
 
+    def writer(self, name: str) -> "BlockWriter":
+        """A writer of whole blocks of array `name`, each followed by its done marker."""
+        return BlockWriter(self.array(name, mode="r+"), self._done_array(name), where=f"{self.path}/{array_name(name)}")
+
     def _done_array(self, name: str):
         import zarr
 

@@ -2,7 +2,7 @@
 
 A run is one prediction of one (model graph, image): the unperturbed run, or one (perturbation,
 repeat). Its probabilities are stored in a Zarr v3 group (`io.zarr_store.PredictionStore`) as one
-float32 array (C, *spatial) named by the run's content key (`inference.predict.prediction_key`:
+float32 array (C, *spatial) named by the run's content key (`inference.key.prediction_key`:
 model file and description, input pixels, normalisation, tile and halo, perturbation identity,
 seed and dropout mask), chunked by the inner regions of its prediction tiles, with one
 completion marker per tile. A tile is read back only when marked, and marked only after its
@@ -83,7 +83,7 @@ class PredictionCache:
     def run(self, model: Model, input_digest: str, norm, blocking: Blocking, *, perturbation: str | None = None,
             seed: int | None = None, mask: np.ndarray | None = None, attributes: dict | None = None) -> "CachedRun":
         """The stored run for these inputs, created empty when it is not there yet."""
-        from ..inference.predict import prediction_key
+        from ..inference.key import prediction_key
 
         key = prediction_key(model, input_digest, norm, blocking, perturb_key=perturbation,
                              seed=None if perturbation is None else seed, dropout_mask=mask)

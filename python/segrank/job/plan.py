@@ -1,0 +1,161 @@
+"""Planning: the models and images of a job, its settings, and the tasks still to do."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import SegrankError
+from ..models.description import Model
+from ..perturb.input import PerturbationSpec, default_perturbation
+from ..perturb.seeds import rng
+from ..scoring.options import ScoringOptions
+from .failures import Failure, Stage
+from .rundir import file_digest
+from .units import spatial, units_of
+
+
+def check_options(repeats: int, block) -> tuple[int, ...]:
+    """Refuse impossible repeats and scoring blocks (one line each); the block as a tuple."""
+    if repeats < 1:
+        raise SegrankError(f"--repeats must be >= 1, got {repeats}")
+    block = tuple(block)
+    if len(block) != 3 or not all(isinstance(b, (int, np.integer)) and b >= 1 for b in block):
+        raise SegrankError(f"--block {','.join(map(str, block))}: a scoring block is three positive sizes Z,Y,X")
+    return block
+
+
+def load_inputs(bank, target, *, axes: str | None, max_images: int | None, seed: int) -> tuple[list, list, list[Failure]]:
+    """(usable models, images to score, models that did not load) of a bank and a target."""
+    from ..io.targets import open_target
+    from ..models import load_bank
+
+    failures: list[Failure] = []
+    if isinstance(bank, (list, tuple)):
+        models = list(bank)
+    else:
+        models, problems = load_bank(bank)
+        failures += [Failure(p.name, Stage.LOAD, p.message) for p in problems]
+    if not models:
+        raise SegrankError(f"{bank}: no usable model in the bank")
+    images = list(open_target(target, axes=axes).images)
+    if not images:
+        raise SegrankError(f"{target}: no image found")
+    if max_images is not None and max_images < len(images):
+        pick = rng(seed, "target", "subset", 0, "max-images").choice(len(images), size=max_images, replace=False)
+        images = [images[i] for i in sorted(pick)]
+    return models, images, failures
+
+
+def choose_perturbations(specs: list[str], models: list[Model]) -> list[PerturbationSpec]:
+    """Parse the user's specs, or pick method.md's default for the whole bank."""
+    if specs:
+        return [PerturbationSpec.parse(s) for s in specs]
+    from ..models.greybox import find_bottleneck
+
+    def rewritable(model: Model) -> bool:
+        if model.greybox:
+            return True
+        try:
+            find_bottleneck(model)
+            return True
+        except SegrankError:
+            return False
+
+    # One setting for every model, or the scores would not be comparable.
+    return [default_perturbation(dropout_possible=all(rewritable(m) for m in models))]
+
+
+def run_settings(bank, target, models, images, specs, **options) -> dict:
+    """settings.json: what the results depend on (`rundir.RESULT_SETTINGS`) and what ran them."""
+    tile, halo, cache = options.pop("tile"), options.pop("halo"), options.pop("cache")
+    return {
+        "bank": str(bank) if not isinstance(bank, (list, tuple)) else "<models>",
+        "target": str(target),
+        "perturbations": [str(s) for s in specs],
+        "metric": options["metric"],
+        "repeats": options["repeats"],
+        "seed": options["seed"],
+        "threshold": options["threshold"],
+        "block": list(options["block"]),
+        "tile": tile if tile is None or isinstance(tile, int) else list(tile),
+        "halo": halo if halo is None or isinstance(halo, int) else list(halo),
+        "units": [im.name for im in images],
+        "max_images": options["max_images"],
+        "device": options["device"],
+        "cache": str(cache) if cache is not None else None,
+        "models": {m.name: {"file": str(m.path), "sha256": file_digest(m.path)} for m in models},
+    }
+
+
+@dataclass
+class Plan:
+    """The tasks still to do, and what planning found on the way."""
+
+    tasks: list = field(default_factory=list)
+    skipped: int = 0  # units already done (resume)
+    failures: list[Failure] = field(default_factory=list)
+    providers: dict[str, str] = field(default_factory=dict)
+    dropout_models: dict[str, Model | None] = field(default_factory=dict)
+
+
+def plan_tasks(models, images, specs, metrics, done, *, options: dict, block, tile, halo, in_memory: bool,
+               threads: int | None) -> Plan:
+    """One task per (model, 2D image) and per (model, scoring block) of a volume (or per (model,
+    volume) `in_memory`), for the (perturbation, repeat) pairs not in `done`.
+
+    A session is created here once per model, so that a broken file is reported before any
+    work; so is each model's grey-box rewrite when a perturbation needs it.
+    """
+    from ..inference.session import create_session
+    from ..models.greybox import rewrite
+    from .block_task import BlockTask, volume_job
+    from .image_task import ScoreTask
+
+    plan = Plan()
+    samples: dict = {}
+    device = options["device"]
+    for model in models:
+        try:
+            session, plan.providers[model.name] = create_session(model, device=device, threads=threads)
+        except SegrankError as err:
+            plan.failures.append(Failure(model.name, Stage.SESSION, str(err)))
+            continue
+        dropout_model = None
+        if any(s.is_dropout for s in specs):
+            try:
+                dropout_model = model if model.greybox else rewrite(model, tensor="auto")
+            except SegrankError as err:
+                plan.failures.append(Failure(model.name, Stage.GREYBOX, str(err)))
+        plan.dropout_models[model.name] = dropout_model
+        scoring = ScoringOptions(tuple(specs), metrics[model.name], options["repeats"], options["seed"],
+                                 options["threshold"], device, threads, options["cache"])
+        possible = [(str(s), r) for s in specs for r in range(scoring.repeats)
+                    if not (s.is_dropout and dropout_model is None)]
+        for im in images:
+            units = units_of(im, block)
+            open_pairs = {u.name: frozenset(p for p in possible if (model.name, p[0], u.name, p[1]) not in done)
+                          for u in units}
+            pending = [u for u in units if open_pairs[u.name]]
+            if not pending:
+                plan.skipped += 1 if (len(units) == 1 or in_memory) else len(units)
+                continue
+            todo = frozenset().union(*open_pairs.values())
+            if len(spatial(im.axes)) < 3:
+                plan.tasks.append(ScoreTask(model, dropout_model, im, tuple(units), todo, scoring, tile=tile, halo=halo))
+                continue
+            try:
+                job = volume_job(model, dropout_model, im, session, scoring, block, tile, halo, samples)
+            except SegrankError as err:
+                plan.failures.append(Failure(model.name, Stage.PREDICT, str(err), image=im.name))
+                continue
+            if in_memory:
+                plan.tasks.append(ScoreTask(model, dropout_model, im, tuple(units), todo, scoring, norm=job.norm,
+                                            blocking=job.blocking, center=job.center, digest=job.digest))
+                continue
+            plan.skipped += len(units) - len(pending)
+            plan.tasks += [BlockTask(job, u, open_pairs[u.name]) for u in pending]
+    return plan
+
+
+__all__ = ["Plan", "check_options", "choose_perturbations", "load_inputs", "plan_tasks", "run_settings"]

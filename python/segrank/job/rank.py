@@ -1,0 +1,166 @@
+"""`rank`: load -> plan -> predict and score -> aggregate -> write, resumable."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .execute import rank_executor
+from .failures import Failure
+from .plan import check_options, choose_perturbations, load_inputs, plan_tasks, run_settings
+from .rows import Ranking, ranking_rows
+from .rundir import RunDirectory
+
+
+def rank(
+    bank,
+    target,
+    *,
+    out,
+    perturbations: list[str] | tuple[str, ...] = (),
+    metric: str = "auto",
+    repeats: int = 1,
+    seed: int = 0,
+    device: str = "auto",
+    max_images: int | None = None,
+    axes: str | None = None,
+    threshold: float = 0.5,
+    block: tuple[int, ...] = (64, 256, 256),
+    tile=None,
+    halo=None,
+    in_memory: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    gpus=None,
+    cache=None,
+    n_boot: int = 1000,
+    report: bool = True,
+    progress: bool = True,
+) -> Ranking:
+    """Rank the models of `bank` on the unlabelled `target` by prediction consistency.
+
+    Parameters
+    ----------
+    bank : path or list of Model
+        A bank folder / list file, or models already loaded.
+    target : path
+        A folder of images, a stack, or a Zarr/HDF5 volume (see segrank.io.targets).
+    out : path
+        Run directory; results are written as they come and a rerun resumes (a rerun with more
+        `repeats` keeps the repeats done and computes only the new ones).
+    perturbations : list of str
+        Specs such as ``dropout:0.2`` or ``noise:0.1-0.2``; default: dropout at the bottleneck
+        when every model allows it, else Gaussian noise (method.md). Each setting is scored and
+        ranked on its own; all share one unperturbed run per (model, image).
+    metric : {"auto", "nhd", "ei", "rand"}
+        auto: rand for instance models, nhd for semantic ones.
+    repeats : int
+        Perturbed runs per unit (K); the unperturbed run is shared. Repeat r is drawn from
+        (seed, model, unit, r), so the first K repeats of a larger run equal a run with K.
+    seed : int
+        Seeds every draw with (seed, model, unit, repeat).
+    max_images : int, optional
+        Score a seeded random subset of this many images.
+    block : tuple of int
+        Scoring units of a volume: blocks of this (z, y, x) shape on a fixed grid.
+    tile, halo : optional
+        Prediction tile and halo (see `inference.blocks.choose_blocking`); default: the
+        model's, with tiles of volumes nested in the scoring blocks when the model allows.
+    in_memory : bool
+        Predict each volume whole in memory (the reference for small volumes) instead of
+        scoring it block by block in bounded memory. Both give the same scores.
+    workers, scheduler : optional
+        Run tasks (one per 2D image or per scoring block of a volume, and model) on a
+        dask.distributed LocalCluster of `workers` processes, or on an existing scheduler
+        address; default: in this process.
+    gpus : list of str, optional
+        GPU ids for a local cluster of one worker per GPU, each declaring the dask resource
+        ``GPU=1`` that every task requires (so each GPU runs one model at a time). Default:
+        the visible GPUs when the models run on the CUDA provider and `workers` is given. On an
+        existing scheduler, tasks require ``GPU=1`` whenever some worker declares it and
+        `device` is not "cpu" (and must find one with `device="cuda"` or `gpus`).
+    cache : path, optional
+        A folder (Zarr v3 group) that keeps every prediction, unperturbed and perturbed, keyed
+        by its content (`segrank.scoring.cache`): another run with the same cache, into any
+        `out`, computes only the predictions not stored yet and gives the same scores. Default:
+        no cache (a rerun into the same `out` still resumes from its per-image scores).
+
+    Notes
+    -----
+    Per unit the score is the mean over the K repeats of consistency(unperturbed, perturbed);
+    per (model, perturbation) the median over scored units, with a paired bootstrap over units
+    for the 95% interval and the probability of being best. Units where neither run predicts
+    foreground have no score; a model with no scored unit ranks last. For volumes, see
+    `segrank.scoring.volume` for how blocks are predicted, perturbed and scored.
+    """
+    from ..inference.session import CUDA, default_threads
+    from ..scoring import resolve_metric
+    from ..scoring.cache import PredictionCache
+
+    block = check_options(repeats, block)
+    run = RunDirectory(Path(out))
+    models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed)
+    specs = choose_perturbations(list(perturbations), models)
+    metrics = {m.name: resolve_metric(metric, m) for m in models}
+    settings = run_settings(bank, target, models, images, specs, metric=metric, repeats=repeats, seed=seed,
+                            threshold=threshold, block=block, tile=tile, halo=halo, max_images=max_images,
+                            device=device, cache=cache)
+    run.check_settings(settings)
+    prediction_cache = PredictionCache(cache) if cache is not None else None
+    if prediction_cache is not None:
+        prediction_cache.store  # a folder that is no Zarr group is refused before any work
+    done = run.done()
+    n_workers = len(gpus) if gpus else workers
+    threads = default_threads(n_workers) if n_workers else None
+    options = dict(device=device, repeats=repeats, seed=seed, threshold=threshold, cache=prediction_cache)
+    plan = plan_tasks(models, images, specs, metrics, done, options=options, block=block, tile=tile, halo=halo,
+                      in_memory=in_memory, threads=threads)
+    failures += plan.failures
+    executor = rank_executor(workers=workers, scheduler=scheduler, gpus=gpus, device=device,
+                             uses_cuda=bool(gpus) or CUDA in plan.providers.values())
+    predictions = predict_and_score(plan, executor, run, done, failures, progress=progress)
+
+    rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, block, n_boot, seed, repeats)
+    settings["provider"] = plan.providers
+    ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions)
+    from ..report import write_outputs
+    from .examples import example_tiles
+
+    examples = None
+    if report:
+        examples = example_tiles(rows, models, images, specs[0], options=dict(seed=seed, threshold=threshold,
+                                 device=device, cache=prediction_cache), dropout_models=plan.dropout_models,
+                                 block=block, tile=tile, halo=halo)
+    write_outputs(ranking, report=report, examples=examples)
+    return ranking
+
+
+def predict_and_score(plan, executor, run: RunDirectory, done: dict, failures: list[Failure], *,
+                      progress: bool) -> dict:
+    """Run the plan's tasks; append each task's rows to per_image.csv (and `done`) as it finishes.
+
+    Returns the tile predictions reused from the cache and computed.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(plan.tasks) + plan.skipped, initial=plan.skipped, desc="rank", unit="unit",
+               disable=not progress, file=sys.stderr)
+    predictions = {"reused": 0, "computed": 0}
+    for task, result in executor.run(plan.tasks):
+        if isinstance(result, BaseException):  # the task ended its workers (killed, out of memory)
+            first = str(result).splitlines()[0] if str(result) else ""
+            result = {"failure": task.failure(f"{type(result).__name__}: {first}")}
+        if "failure" in result:
+            failures.append(result["failure"])
+            print(f"segrank: {result['failure'].error}", file=sys.stderr)
+        else:
+            for k, n in result.get("predictions", {}).items():
+                predictions[k] += n
+            run.append(result["rows"])
+            for row in result["rows"]:
+                done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
+        bar.update(1)
+    bar.close()
+    return predictions
+
+
+__all__ = ["predict_and_score", "rank"]

@@ -1,0 +1,112 @@
+"""Aggregation into the rows of ranking.json: per (model, perturbation) score, interval, status."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..scoring import aggregate, ranking_order
+from .failures import Failure, Stage
+from .units import units_of
+
+
+@dataclass
+class Ranking:
+    """The result of `rank`: the rows of ranking.json plus where everything was written.
+
+    `predictions` counts the tile predictions computed and reused from the cache in this run
+    (not written to ranking.json: it depends on what earlier runs left).
+    """
+
+    rows: list[dict]
+    settings: dict
+    failures: list[Failure]
+    out: Path
+    predictions: dict | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "models": self.rows,
+            "settings": self.settings,
+            "failures": [f.to_json() for f in self.failures],
+            "perturbations": per_perturbation(self.rows),
+            "segrank_version": __version__,
+        }
+
+
+def per_perturbation(rows: list[dict]) -> list[dict]:
+    """Each perturbation setting is ranked on its own: its order and whether #1 stands apart."""
+    out = []
+    for pert in dict.fromkeys(r["perturbation"] for r in rows):
+        block = sorted((r for r in rows if r["perturbation"] == pert), key=lambda r: r["rank"])
+        out.append({"perturbation": pert, "ranking": [r["name"] for r in block],
+                    "top_two_separated": block[0].get("top_two_separated")})
+    return out
+
+
+def unit_matrix(models, units: list[str], perturbation: str, done: dict, repeats: int) -> np.ndarray:
+    """(models x units) mean score over the first `repeats` repeats; NaN where none is scored."""
+    matrix = []
+    for model in models:
+        per_unit = []
+        for u in units:
+            vals = [done.get((model.name, perturbation, u, r)) for r in range(repeats)]
+            scores = [float(v["score"]) for v in vals if v and v["score"] != ""]
+            per_unit.append(np.mean(scores) if scores else math.nan)
+        matrix.append(per_unit)
+    return np.array(matrix, dtype=float).reshape(len(models), len(units))
+
+
+def model_status(model: str, *, dropout: bool, failures: list[Failure], images: list, n_scored: int,
+                 score) -> str:
+    """ok, failed, failed on k of n images, or predicts no foreground."""
+    failed = set()  # images with a failure (a volume counts once, however many of its blocks failed)
+    for f in failures:
+        if f.model == model and f.stage == Stage.SESSION:
+            failed.update(im.name for im in images)
+        elif f.model == model and f.stage == Stage.PREDICT:
+            failed.add(f.image or "?")
+    no_greybox = any(f.model == model and f.stage == Stage.GREYBOX for f in failures)
+    if (dropout and no_greybox) or (failed and n_scored == 0):
+        return "failed"
+    if failed:
+        return f"failed on {min(len(failed), len(images))} of {len(images)} images"
+    if score is None:
+        return "predicts no foreground"
+    return "ok"
+
+
+def ranking_rows(models, images, specs, done, metrics, providers, failures, block, n_boot, seed, repeats) -> list[dict]:
+    """The rows of ranking.json: each perturbation setting ranked on its own, from the mean over
+    the first `repeats` repeats of every unit."""
+    units = [u.name for im in images for u in units_of(im, block)]
+    rows = []
+    for spec in specs:
+        matrix = unit_matrix(models, units, str(spec), done, repeats)
+        results, p_sep = aggregate([m.name for m in models], matrix, n_boot=n_boot, seed=seed, label=str(spec))
+        for rank_pos, i in enumerate(ranking_order(results), start=1):
+            r, model = results[i], models[i]
+            rows.append({
+                "name": r.name,
+                "rank": rank_pos,
+                "score": r.score,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "p_best": r.p_best,
+                "n_images": len(images),
+                "n_units": r.n_units,
+                "n_scored": r.n_scored,
+                "perturbation": str(spec),
+                "metric": metrics[model.name],
+                "provider": providers.get(model.name),
+                "status": model_status(model.name, dropout=spec.is_dropout, failures=failures, images=images,
+                                       n_scored=r.n_scored, score=r.score),
+                "top_two_separated": (p_sep is not None and p_sep >= 0.95) if rank_pos == 1 else None,
+            })
+    return rows
+
+
+__all__ = ["Ranking", "model_status", "per_perturbation", "ranking_rows", "unit_matrix"]
