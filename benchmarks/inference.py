@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "inference"))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 # Same-padded conv nets: "light" ~10 kFLOP per pixel, "heavy" ~110 kFLOP per pixel (the order
 # of a small 2D U-Net); the share of I/O in the wall time shrinks as the model grows.

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "inference"))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 PERTURBATION = "noise:0.1-0.2"  # the default for black-box models (method.md's EM range is 0.10-0.15)
 

@@ -65,3 +65,17 @@ def test_validate_reports_missing_model(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({"models": [{"name": "a", "score": 0.9}, {"name": "b", "score": 0.4}]}))
     res = CliRunner().invoke(main, ["validate", str(tmp_path / "r.json"), str(tmp_path / "p.json")])
     assert res.exit_code == 2 and "no true score for c" in res.stderr
+
+
+def test_evaluate_records_a_failing_model_and_goes_on(noise_bank, blob_target, tmp_path):
+    from model_factory import nan_model
+
+    write_sidecar(nan_model(noise_bank / "broken.onnx"))
+    res = CliRunner().invoke(main, ["evaluate", str(noise_bank), str(blob_target), "--labels",
+                                    str(blob_target.parent / "labels"), "--out", str(tmp_path / "perf")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "perf" / "performance.json").read_text())
+    assert {r["name"] for r in doc["models"]} == {"smooth", "sharp"}
+    failed = {(f["model"], f["stage"]) for f in doc["failures"]}
+    assert failed == {("broken", "predict")} and all("NaN" in f["error"] for f in doc["failures"])
+    assert len(doc["failures"]) == 6  # one per image; the run went on

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, ModelError, SegrankError
+from ..errors import InputError, ModelError, PredictionError, SegrankError
 from ..models.description import Model
 from ..perturb.seeds import rng
 
@@ -432,17 +432,24 @@ def baselines(
     """
     from tqdm import tqdm
 
+    from ..job.failures import Failure, Stage
     from .job import load_inputs, read_truth
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models, images = load_inputs(bank, target, axes=axes)
+    failures: list[Failure] = []
+    models, images = load_inputs(bank, target, axes=axes, failures=failures)
     truth = read_truth(images, Path(labels)) if labels is not None else None
     bar = tqdm(total=len(models) * len(images), desc="baselines", unit="img", disable=not progress, file=sys.stderr)
     scores, per_image, notes = {}, [], {}
     for model in models:
-        s, rows = model_baselines(model, images, labels=truth, pixels=pixels, seed=seed, tensor=tensor,
-                                  with_ccfv=with_ccfv, device=device, threads=threads, progress=bar)
+        try:
+            s, rows = model_baselines(model, images, labels=truth, pixels=pixels, seed=seed, tensor=tensor,
+                                      with_ccfv=with_ccfv, device=device, threads=threads, progress=bar)
+        except (ModelError, PredictionError) as err:  # this model; bad input or labels stop the run
+            failures.append(Failure(model.name, Stage.PREDICT, str(err)))
+            print(f"segrank: {model.name}: {err}", file=sys.stderr)
+            continue
         scores[model.name] = s
         if "ccfv_error" in s:
             notes[model.name] = s["ccfv_error"]
@@ -450,7 +457,8 @@ def baselines(
     bar.close()
     rows = baseline_rows(scores)
     doc = {"models": rows, "target": str(target), "labels": None if labels is None else str(labels),
-           "settings": {"pixels": pixels, "seed": seed, "tensor": tensor}, "notes": notes}
+           "settings": {"pixels": pixels, "seed": seed, "tensor": tensor}, "notes": notes,
+           "failures": [f.to_json() for f in failures]}
     (out / "baselines.json").write_text(json.dumps(doc, indent=2))
     with (out / "baselines_per_image.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["model", "image", "confidence", "entropy"])

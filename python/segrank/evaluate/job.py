@@ -33,13 +33,17 @@ def _read_labels(path: Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
-def load_inputs(bank, target, *, axes: str | None = None) -> tuple[list, list]:
-    """The usable models of `bank` (problems reported on stderr) and the images of `target`."""
+def load_inputs(bank, target, *, axes: str | None = None, failures: list | None = None) -> tuple[list, list]:
+    """The usable models of `bank` and the images of `target`; models that do not load are
+    added to `failures` (typed, as in `rank`) when given, else reported on stderr."""
     from ..io.targets import open_target
+    from ..job.failures import Failure, Stage
     from ..models import load_bank
 
     models, problems = load_bank(bank) if not isinstance(bank, (list, tuple)) else (list(bank), [])
     for p in problems:
+        if failures is not None:
+            failures.append(Failure(p.name, Stage.LOAD, p.message))
         print(f"segrank: {p.message}", file=sys.stderr)
     return models, list(open_target(target, axes=axes).images)
 
@@ -55,45 +59,74 @@ def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | Non
 
     Semantic models: median over images of the foreground F1 at `threshold`; instance models:
     median over images of mAP over IoU 0.50:0.05:0.95 (DSB2018). Writes DIR/performance.json
-    ({"models": [{"name", "score", "metric", "n_images"}]}) and DIR/performance_per_image.csv.
+    ({"models": [{"name", "score", "metric", "n_images"}], "failures": [...]}) and
+    DIR/performance_per_image.csv. A model that fails (it does not load, has no session, or
+    fails on an image) is recorded in "failures", as `rank` records it, and the others go on;
+    a model that failed on some images is scored on the rest.
     """
     from tqdm import tqdm
 
-    from ..inference.predict import predict_image
-    from ..inference.session import create_session
-    from ..postprocess import instance_labels
+    from ..job.failures import Failure, Stage
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models, images = load_inputs(bank, target, axes=axes)
+    failures: list[Failure] = []
+    models, images = load_inputs(bank, target, axes=axes, failures=failures)
     labels = Path(labels)
     truth = read_truth(images, labels)
     rows, per_image = [], []
     bar = tqdm(total=len(models) * len(images), desc="evaluate", unit="img", disable=not progress, file=sys.stderr)
     for model in models:
-        session, _ = create_session(model, device=device)
-        metric = "map" if model.task == "instance" else "f1"
-        scores = []
-        for im in images:
-            prob = predict_image(model, np.asarray(im.data), axes=im.axes, session=session)
-            gt = truth[im.name]
-            if gt.shape != prob.shape[1:]:
-                raise InputError(f"{labels}: labels of {im.name} have shape {gt.shape}, image {prob.shape[1:]}")
-            if metric == "map":
-                score = average_precision(gt, instance_labels(prob, model))
-            else:
-                score = foreground_f1(prob[model.foreground_channel], gt, threshold=threshold)
-            scores.append(score)
-            per_image.append({"model": model.name, "image": im.name, "metric": metric, "score": repr(score)})
-            bar.update(1)
-        rows.append({"name": model.name, "score": float(np.median(scores)), "metric": metric, "n_images": len(scores)})
+        scores = _model_performance(model, images, truth, labels, device=device, threshold=threshold,
+                                    failures=failures, per_image=per_image, bar=bar)
+        if scores:
+            rows.append({"name": model.name, "score": float(np.median(scores)),
+                         "metric": "map" if model.task == "instance" else "f1", "n_images": len(scores)})
     bar.close()
-    (out / "performance.json").write_text(json.dumps({"models": rows, "target": str(target), "labels": str(labels)}, indent=2))
+    for f in failures:
+        print(f"segrank: {f.model} ({f.stage}): {f.error}", file=sys.stderr)
+    document = {"models": rows, "target": str(target), "labels": str(labels),
+                "failures": [f.to_json() for f in failures]}
+    (out / "performance.json").write_text(json.dumps(document, indent=2))
     with (out / "performance_per_image.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["model", "image", "metric", "score"])
         writer.writeheader()
         writer.writerows(per_image)
     return rows
+
+
+def _model_performance(model, images, truth, labels: Path, *, device, threshold, failures, per_image, bar) -> list:
+    """Scores of one model on the images it could predict; its failures are recorded."""
+    from ..inference.predict import predict_image
+    from ..inference.session import create_session
+    from ..job.failures import Failure, Stage
+    from ..postprocess import instance_labels
+
+    try:
+        session, _ = create_session(model, device=device)
+    except SegrankError as err:
+        failures.append(Failure(model.name, Stage.SESSION, str(err)))
+        bar.update(len(images))
+        return []
+    metric = "map" if model.task == "instance" else "f1"
+    scores = []
+    for im in images:
+        bar.update(1)
+        try:
+            prob = predict_image(model, np.asarray(im.data), axes=im.axes, session=session)
+        except SegrankError as err:
+            failures.append(Failure(model.name, Stage.PREDICT, str(err), image=im.name))
+            continue
+        gt = truth[im.name]
+        if gt.shape != prob.shape[1:]:
+            raise InputError(f"{labels}: labels of {im.name} have shape {gt.shape}, image {prob.shape[1:]}")
+        if metric == "map":
+            score = average_precision(gt, instance_labels(prob, model))
+        else:
+            score = foreground_f1(prob[model.foreground_channel], gt, threshold=threshold)
+        scores.append(score)
+        per_image.append({"model": model.name, "image": im.name, "metric": metric, "score": repr(score)})
+    return scores
 
 
 def _load_rows(path: Path, what: str) -> list[dict]:

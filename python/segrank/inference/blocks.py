@@ -64,10 +64,6 @@ class Block:
         """Slices that crop the inner region out of the outer tile's prediction."""
         return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(self.inner, self.outer))
 
-    @property
-    def inner_shape(self) -> tuple[int, ...]:
-        return tuple(s.stop - s.start for s in self.inner)
-
 
 @dataclass(frozen=True)
 class Blocking:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import numpy as np
 
 from ..models.description import Model
+from ..models.untrusted import sha256_file
 from .blocks import Blocking
 from .normalize import Normalization
 
@@ -20,22 +20,6 @@ PREDICTION_FIELDS = (
     "preprocessing", "dropout_input", "dropout_channels",
 )
 
-
-
-_FILE_DIGESTS: dict[tuple, str] = {}
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime)."""
-    st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_DIGESTS[key] = h.hexdigest()
-    return _FILE_DIGESTS[key]
 
 
 def prediction_key(
@@ -61,7 +45,7 @@ def prediction_key(
     description = {f: getattr(model, f) for f in PREDICTION_FIELDS}
     payload = {
         "format": FORMAT_VERSION,
-        "model_file": file_sha256(model.path),
+        "model_file": sha256_file(model.path),
         "model": {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in description.items()},
         "input": input_digest,
         "normalization": [list(norm.scale), list(norm.offset)],
@@ -77,4 +61,4 @@ def prediction_key(
         payload["tiles_per_run"] = int(tiles_per_run)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
-__all__ = ["FORMAT_VERSION", "PREDICTION_FIELDS", "file_sha256", "prediction_key"]
+__all__ = ["FORMAT_VERSION", "PREDICTION_FIELDS", "prediction_key"]

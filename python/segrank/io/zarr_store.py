@@ -83,16 +83,46 @@ class PredictionStore:
         blocks; any other is replaced, since its values belong to other inputs or settings.
         """
         name = array_name(name)
-        existing = self._existing(name)
+        existing = self.existing(name)
         if existing is not None:
             same = (
                 existing.attrs.get("segrank", {}).get("key") == key
                 and tuple(existing.shape) == tuple(shape)
                 and tuple(existing.chunks) == tuple(chunks)
             )
-            if same and self._existing(f"{DONE_GROUP}/{name}") is not None:
+            if same and self.existing(f"{DONE_GROUP}/{name}") is not None:
                 return False
         self._writers.pop(name, None)
+        self._create(name, key=key, shape=shape, chunks=chunks, grid=grid, dimension_names=dimension_names,
+                     attributes=attributes, dtype=dtype, overwrite=True)
+        return True
+
+    def open_or_create(self, name: str, *, key: str, shape: Sequence[int], chunks: Sequence[int], grid: Sequence[int],
+                       dimension_names: Sequence[str], attributes: dict | None = None) -> set[tuple[int, ...]]:
+        """The finished blocks of array `name`, created empty when missing; never overwritten.
+
+        For arrays named by their content key, which several processes may fill at once: an
+        array created meanwhile by another writer is simply used. An existing array of another
+        shape or chunking cannot hold this key's content and is refused.
+        """
+        name = array_name(name)
+        existing = self.existing(name)
+        if existing is None or self.existing(f"{DONE_GROUP}/{name}") is None:
+            try:
+                self._create(name, key=key, shape=shape, chunks=chunks, grid=grid, dimension_names=dimension_names,
+                             attributes=attributes, overwrite=False)
+            except Exception:  # created meanwhile by another writer of the same key
+                if self.existing(name) is None or self.existing(f"{DONE_GROUP}/{name}") is None:
+                    raise
+            return set()
+        if tuple(existing.shape) != tuple(shape) or tuple(existing.chunks) != tuple(chunks):
+            raise PredictionError(f"{self.path}/{name}: stored prediction of shape {existing.shape} and chunks "
+                                  f"{existing.chunks}, expected {tuple(shape)} and {tuple(chunks)}; delete the folder")
+        return self.done_blocks(name)
+
+    def _create(self, name: str, *, key: str, shape, chunks, grid, dimension_names, attributes, overwrite: bool,
+                dtype: str = "float32") -> None:
+        """The data array and its done markers (data first: a marker never exists without it)."""
         from zarr.codecs import BloscCodec
 
         self.group.create_array(
@@ -106,7 +136,7 @@ class PredictionStore:
             fill_value=0,
             dimension_names=list(dimension_names),
             attributes={"segrank": dict(attributes or {}, key=key)},
-            overwrite=True,
+            overwrite=overwrite,
         )
         self.group.create_array(
             f"{DONE_GROUP}/{name}",
@@ -115,11 +145,11 @@ class PredictionStore:
             dtype="uint8",
             fill_value=0,
             attributes={"segrank": {"key": key, "meaning": "1 = block finished"}},
-            overwrite=True,
+            overwrite=overwrite,
         )
-        return True
 
-    def _existing(self, name: str):
+    def existing(self, name: str):
+        """The array `name` of the group, or None when there is none."""
         import zarr
 
         try:

@@ -92,9 +92,9 @@ def unit_row(model: str, perturbation, unit: str, repeat: int, score: float | No
 
 def file_digest(path: Path) -> str:
     """Short sha256 of a model file (settings.json: a resumed run must use the same files)."""
-    from ..inference.key import file_sha256
+    from ..models.untrusted import sha256_file
 
-    return file_sha256(path)[:16]
+    return sha256_file(path)[:16]
 
 
 __all__ = ["PER_UNIT_FIELDS", "RESULT_SETTINGS", "RunDirectory", "file_digest", "unit_row"]

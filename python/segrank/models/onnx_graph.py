@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..errors import ModelError
 from .untrusted import resolve_inside
@@ -373,10 +373,3 @@ def globally_pooled(graph: onnx.GraphProto, infos: dict[str, "TensorInfo"], rank
         if feature_inputs and all(i in pooled for i in feature_inputs):
             pooled.update(o for o in node.output if o)
     return pooled
-
-
-def initializer_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    for t in graph.initializer:
-        if t.name == name and t.data_location != TensorProto.EXTERNAL:
-            return numpy_helper.to_array(t)
-    return None

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PredictionError
 from ..inference.blocks import Block, Blocking
 from ..models.description import Model
 from ..perturb.input import InputPerturbation, PerturbationSpec
@@ -39,13 +38,6 @@ def perturbation_key(spec: PerturbationSpec, perturb: InputPerturbation | None =
     if perturb is not None:
         return json.dumps({"spec": str(spec), **dataclasses.asdict(perturb)}, sort_keys=True)
     return json.dumps({"spec": str(spec), "model": model, "unit": unit, "repeat": int(repeat)}, sort_keys=True)
-
-
-def input_identity(digest: str, *, complete: bool, source, name: str) -> str:
-    """What identifies an input in the key: the digest of its pixels when every pixel was read;
-    for a volume sampled by chunks, also where it comes from (the sample alone might not tell
-    two volumes apart)."""
-    return digest if complete else f"{digest}|{source}|{name}"
 
 
 class PredictionCache:
@@ -97,37 +89,14 @@ class CachedRun:
     def __init__(self, store, name: str, blocking: Blocking, done: set):
         self.store, self.name, self.blocking, self.done = store, name, blocking, done
         self._array = None
-        self.reused = 0
-        self.computed = 0
 
     @classmethod
     def open(cls, store, key: str, channels: int, blocking: Blocking, attributes: dict) -> "CachedRun":
-        from ..io.zarr_store import DONE_GROUP
-
-        shape = (channels,) + tuple(blocking.shape)
-        chunks = (channels,) + tuple(blocking.inner)
-        done_name = f"{DONE_GROUP}/{key}"
-        existing = _open(store, key)
-        if existing is None or _open(store, done_name) is None:
-            # never overwrite: the key names the content, and another process may be filling it
-            arrays = {
-                key: dict(shape=shape, chunks=chunks, dtype="float32", dimension_names=["c", *"zyx"[-len(blocking.shape):]],
-                          attributes={"segrank": dict(attributes, key=key)}),
-                done_name: dict(shape=blocking.grid, chunks=(1,) * len(blocking.grid), dtype="uint8",
-                                attributes={"segrank": {"key": key, "meaning": "1 = tile finished"}}),
-            }
-            for name, kw in arrays.items():
-                try:
-                    store.group.create_array(name, fill_value=0, overwrite=False, **kw)
-                except Exception:  # created meanwhile by another writer of the same key
-                    if _open(store, name) is None:
-                        raise
-            return cls(store, key, blocking, set())
-        if tuple(existing.shape) != shape or tuple(existing.chunks) != chunks:
-            # the same key cannot mean another layout; never trust such an array
-            raise PredictionError(f"{store.path}/{key}: cached prediction of shape {existing.shape} and chunks "
-                                  f"{existing.chunks}, expected {shape} and {chunks}; delete the cache folder")
-        return cls(store, key, blocking, store.done_blocks(key))
+        done = store.open_or_create(
+            key, key=key, shape=(channels,) + tuple(blocking.shape), chunks=(channels,) + tuple(blocking.inner),
+            grid=blocking.grid, dimension_names=["c", *"zyx"[-len(blocking.shape):]], attributes=attributes,
+        )
+        return cls(store, key, blocking, done)
 
     @property
     def array(self):
@@ -143,21 +112,18 @@ class CachedRun:
         """The tile's stored probabilities (C, *inner shape), or None when not stored."""
         if tile.index not in self.done:
             return None
-        self.reused += 1
         return np.asarray(self.array[(slice(None),) + tile.inner])
 
     def put(self, tile: Block, values: np.ndarray) -> None:
         """Store a computed tile, then mark it finished."""
-        self.computed += 1
         if tile.index in self.done:
             return
         self.store.write_block(self.name, tile.inner, tile.index, values, array=self.array)
         self.done.add(tile.index)
 
-    def read(self) -> np.ndarray:
-        """The whole stored prediction (only when `complete`)."""
-        self.reused += len(self.blocking)
-        return np.asarray(self.array[...])
+    def read(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The stored prediction (only when `complete`), whole or of a spatial `region`."""
+        return np.asarray(self.array[(slice(None),) + tuple(region or ())])
 
     def write(self, values: np.ndarray) -> None:
         """Store a whole prediction computed at once, tile by tile."""
@@ -165,14 +131,4 @@ class CachedRun:
             self.put(tile, values[(slice(None),) + tile.inner])
 
 
-def _open(store, path: str):
-    """The array at `path` of the store's group, or None when there is none."""
-    import zarr
-
-    try:
-        return zarr.open_array(str(store.path), path=path, mode="r")
-    except Exception:  # missing (the exception type depends on the zarr version)
-        return None
-
-
-__all__ = ["CachedRun", "PredictionCache", "input_identity", "perturbation_key"]
+__all__ = ["CachedRun", "PredictionCache", "perturbation_key"]

@@ -78,7 +78,7 @@ class VolumeJob:
     blocking : Blocking
         The whole volume's tiling (`scoring_blocking`).
     digest : str
-        Identifies the volume's pixels in cache keys (`cache.input_identity`).
+        Identifies the volume's pixels in cache keys (`inference.prepared.PreparedImage.identity`).
     options : ScoringOptions
         Perturbations, metric, repeats, seed, device and cache.
     """

@@ -17,12 +17,11 @@ import zarr
 
 from segrank.inference.blocks import Blocking
 from segrank.job import RunDirectory, rank
-from segrank.scoring.grid import block_regions, nested_tile, tiles_in
+from segrank.scoring.grid import block_regions
 
 from model_factory import smooth_threshold_model, write_sidecar
 
-sys.path.insert(0, str(Path(__file__).parent / "inference"))
-from conv_nets import conv_model  # noqa: E402
+from conv_nets import conv_model
 
 from segrank.models.description import Tiling  # noqa: E402
 
@@ -175,44 +174,6 @@ def test_block_task_reads_only_its_block_and_halo(tmp_path, volume, monkeypatch)
         ), f"read {read} is more than a block plus its halo ({size})"
 
 
-def test_nested_tiles_and_tiles_in_block():
-    class M:  # the few Model fields nested_tile reads
-        ndim = 3
-
-        class tiling:
-            minimum = (1, 1, 1)
-            multiple_of = (1, 4, 4)
-
-    block = (64, 256, 256)
-    assert nested_tile(M, Blocking((100, 300, 300), (40, 96, 96), (4, 16, 16)), block, slice_wise=False) is None  # nested
-    base = Blocking((100, 300, 300), (40, 100, 100), (4, 16, 16))  # inner 68 straddles 256
-    tile = nested_tile(M, base, block, slice_wise=False)
-    inner = [t - 2 * h for t, h in zip(tile, base.halo)]
-    assert all(b % i == 0 for b, i in zip(block, inner)) and all(t % 4 == 0 for t in tile[1:])
-    assert tile == (40, 96, 96)
-    M.tiling.multiple_of = (1, 5, 5)  # no tile near 100 whose inner divides 256 is a multiple of 5
-    assert nested_tile(M, base, block, slice_wise=False) is None
-    # a 2D model slice-wise: slices per run become a divisor of the block depth
-    class M2:
-        ndim = 2
-
-        class tiling:
-            minimum = (1, 1)
-            multiple_of = (4, 4)
-
-    sw = nested_tile(M2, Blocking((100, 300, 300), (12, 100, 96), (0, 16, 16)), (16, 256, 256), slice_wise=True)
-    assert sw == (8, 96, 96)
-    # a graph with a fixed batch keeps it: the tiles may then cross block borders along z
-    assert nested_tile(M2, Blocking((100, 300, 300), (12, 96, 96), (0, 16, 16)), (16, 256, 256), slice_wise=True,
-                       fixed_batch=True) is None
-    blocking = Blocking(SHAPE, (10, 14, 14), (1, 2, 2))
-    for region in block_regions(SHAPE, BLOCK):
-        covered = np.zeros(SHAPE, int)
-        for t in tiles_in(blocking, region):
-            covered[t.inner] += 1
-        assert (covered[region] == 1).all()
-
-
 def test_threads_and_two_worker_cluster_agree(tmp_path, volume):
     bank = _bank(tmp_path, "2d")
     kw = dict(KW, perturbations=["noise:0.1-0.2", "gamma:1.5-2"])
@@ -297,17 +258,6 @@ def test_killing_a_gpu_worker_mid_run_loses_no_finished_block(tmp_path):
     assert after[: len(before)] == before  # nothing finished was lost or rewritten
     assert _per_unit(out) == reference
     assert not state["ranking"].failures
-
-
-def test_run_directory_cuts_a_torn_last_line(tmp_path):
-    run = RunDirectory(tmp_path)
-    row = {"model": "m", "perturbation": "noise:0.1", "unit": "u1", "repeat": 0, "score": "0.5", "status": "ok"}
-    run.append([row])
-    with run.per_unit.open("a") as f:
-        f.write("m,noise:0.1,u2,0,0.")
-    assert list(run.done()) == [("m", "noise:0.1", "u1", 0)]
-    run.append([dict(row, unit="u2")])
-    assert [k[2] for k in run.done()] == ["u1", "u2"]
 
 
 def test_cli_block_option(tmp_path, volume):

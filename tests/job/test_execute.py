@@ -1,0 +1,43 @@
+"""The executor: the same outcomes in this process, in threads and on a local cluster."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from segrank.job.execute import Executor, rank_executor
+
+
+@dataclass(frozen=True)
+class Square:
+    x: int
+
+    def run(self):
+        if self.x < 0:
+            raise ValueError(f"negative {self.x}")
+        return self.x * self.x
+
+
+@pytest.mark.parametrize("executor", [Executor("sync"), Executor("threads", 3)])
+def test_every_task_runs_once_in_this_process(executor):
+    outcomes = dict((t.x, o) for t, o in executor.run([Square(i) for i in range(7)]))
+    assert outcomes == {i: i * i for i in range(7)}
+
+
+def test_an_error_in_this_process_is_raised():
+    with pytest.raises(ValueError, match="negative"):
+        list(Executor("sync").run([Square(1), Square(-1)]))
+
+
+def test_a_local_cluster_returns_errors_as_outcomes():
+    outcomes = dict((t.x, o) for t, o in Executor("local", 2).run([Square(2), Square(-3)]))
+    assert outcomes[2] == 4 and isinstance(outcomes[-3], ValueError)
+
+
+def test_rank_options_choose_the_executor():
+    assert rank_executor(workers=None, scheduler=None, gpus=None, device="cpu", uses_cuda=False) == Executor("sync")
+    assert rank_executor(workers=2, scheduler=None, gpus=None, device="cpu", uses_cuda=False) == Executor("local", 2)
+    assert rank_executor(workers=None, scheduler=None, gpus=["0", "1"], device="auto",
+                         uses_cuda=False) == Executor("gpus", 2, ("0", "1"))
+    remote = rank_executor(workers=None, scheduler="tcp://h:8786", gpus=None, device="cuda", uses_cuda=True)
+    assert remote.scheduler == "tcp://h:8786" and remote.require_gpu and remote.want_gpu
