@@ -118,7 +118,7 @@ def test_kill_and_restart_finishes_without_redoing(tmp_path, model):
     out = tmp_path / "pred.zarr"
     script = tmp_path / "run.py"
     script.write_text(
-        KILL_SCRIPT.format(tests=str(Path(__file__).parent), onnx=str(tmp_path / "k.onnx"), vol=str(vol), out=str(out))
+        KILL_SCRIPT.format(tests=str(Path(__file__).parents[1]), onnx=str(tmp_path / "k.onnx"), vol=str(vol), out=str(out))
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, str(script), "0.2"], env=env, stdout=subprocess.PIPE)

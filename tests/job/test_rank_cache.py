@@ -148,7 +148,8 @@ def test_dropout_runs_are_cached_too(dropout_bank, blob_target, tmp_path, spy):
 
 
 def test_volume_blocks_cached_and_shared_with_the_in_memory_path(tmp_path, spy):
-    from test_rank_volume import BLOCK, _bank, write_volume
+    from volume_factory import BLOCK, write_volume
+    from volume_factory import volume_bank as _bank
 
     bank = _bank(tmp_path, "3d")
     volume = write_volume(tmp_path / "vol.zarr")
