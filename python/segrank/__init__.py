@@ -23,20 +23,37 @@ _API = {
     "rank": ("segrank.job", "rank"),
     "evaluate": ("segrank.evaluate.job", "evaluate"),
     "validate": ("segrank.evaluate.job", "validate"),
+    "baselines": ("segrank.evaluate.baselines", "baselines"),
+    "compare": ("segrank.metrics.compare", "compare_arrays"),
     "load_model": ("segrank.models", "load_model"),
     "load_bank": ("segrank.models", "load_bank"),
-    "predict": ("segrank.inference.predict", "predict_image"),
+    "predict_image": ("segrank.inference.predict", "predict_image"),  # one image -> numpy array
+    "predict_target": ("segrank.inference.to_store", "predict_target"),  # a target -> Zarr (`segrank predict`)
     "open_target": ("segrank.io.targets", "open_target"),
 }
+# Older names that keep working: `segrank.predict` was the in-memory `predict_image`, which
+# read as if it were the CLI's `segrank predict` (a target into a Zarr store).
+_RENAMED = {"predict": "predict_image"}
 
 
 def __getattr__(name):
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(f"segrank.{name} is segrank.{new} (the CLI's `segrank predict` is segrank.predict_target)",
+                      DeprecationWarning, stacklevel=2)
+        name = new
     if name in _API:
         from importlib import import_module
 
         module, attr = _API[name]
         return getattr(import_module(module), attr)
     raise AttributeError(f"module 'segrank' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
 
 
 __all__ = ["__version__", "cmake_dir", *_API]

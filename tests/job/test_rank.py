@@ -182,3 +182,20 @@ def test_model_without_grey_box_rewrite_fails_under_dropout_only(noise_bank, dro
     assert {f["model"] for f in ranking.failures if f["stage"] == "greybox"} == {"smooth", "sharp"}
     noise = _scores(ranking, "noise:0.1-0.2")
     assert all(r["status"] == "ok" for r in noise.values()) and noise["smooth"]["rank"] < noise["sharp"]["rank"]
+
+
+def test_public_api_is_complete_and_typed():
+    import importlib.resources
+    import warnings
+
+    import segrank
+
+    assert set(dir(segrank)) == set(segrank.__all__)
+    for name in segrank.__all__:
+        assert getattr(segrank, name) is not None, name
+    assert segrank.predict_target.__name__ == "predict_target" and segrank.predict_image.__name__ == "predict_image"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert segrank.predict is segrank.predict_image  # the old name keeps working, with a warning
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert importlib.resources.files("segrank").joinpath("py.typed").is_file()

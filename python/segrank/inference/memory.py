@@ -13,8 +13,8 @@ def return_large_buffers() -> None:
 
     glibc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which
     tile-sized buffers come from per-thread arenas that keep their high-water mark: peak RSS
-    then grows by ~100 MB per dask thread (benchmarks/inference.py, memory part: 1051 ->
-    625 MB with 4 threads). A fixed threshold stops that. Once per process; glibc only; an
+    then grows by ~100 MB per dask thread (benchmarks/inference.py, memory part). A fixed
+    threshold stops that. Once per process; glibc only; an
     explicit ``MALLOC_MMAP_THRESHOLD_`` in the environment is left alone.
     """
     global _MALLOC_TUNED

@@ -226,59 +226,16 @@ def predict_target(
         print(note, file=sys.stderr)
     store = PredictionStore(out)
 
-    jobs: list[tuple[ImageJob, list[tuple[int, ...]]]] = []
-    infos, n_blocks, n_reused = [], 0, 0
-    # pixels read for the statistics are kept for the blocks (in this process only: a cluster
-    # would get them with every task)
-    budget = None if executor.distributed else [KEEP_PIXELS_BYTES]
-    for im, name in zip(images, names):
-        prepared = prepare_image(model, im, session=session, tile=tile, halo=halo, batch=batch, keep_pixels=budget)
-        blocking = prepared.blocking
-        key = prediction_key(model, prepared.digest, prepared.norm, blocking, perturb_key=perturb_key, seed=seed,
-                             dropout_mask=dropout_mask, tiles_per_run=tiles_per_run)
-        fresh = store.prepare(
-            name,
-            key=key,
-            shape=(model.out_channels,) + tuple(prepared.data.shape[1:]),
-            chunks=(model.out_channels,) + blocking.inner,
-            grid=blocking.grid,
-            dimension_names=["c"] + list(prepared.spatial_axes),
-            attributes={
-                "model": model.name,
-                "image": im.name,
-                "source": str(im.source),
-                "activation": model.activation,
-                "tile": list(blocking.tile),
-                "halo": list(blocking.halo),
-                "perturbation": perturb_key,
-                "seed": seed,
-            },
-        )
-        done = set() if fresh else store.done_blocks(name)
-        pending = [i for i in blocking.indices() if i not in done]
-        n_blocks += len(blocking)
-        n_reused += len(blocking) - len(pending)
-        infos.append({"image": im.name, "array": name, "key": key, "blocks": len(blocking), "reused": len(blocking) - len(pending)})
-        job = ImageJob(prepared, str(store.path), name, device, threads, perturb, dropout_mask, overlap,
-                       check_tiles_per_run(prepared.model, session, tiles_per_run, prepared.where))
-        jobs.append((job, pending))
-
-    # Tasks take runs of consecutive blocks (across images, for folders of small images): each
-    # task overlaps reads and writes with its model runs; enough tasks to balance the workers.
-    items = [(k, index) for k, (_, pending) in enumerate(jobs) for index in pending]
-    n_pending = len(items)
-    per_task = max(math.ceil(n_pending / MAX_TASKS), min(BLOCKS_PER_TASK, math.ceil(n_pending / (2 * n_workers))), 1)
+    jobs, infos = _image_jobs(model, images, names, store, session, dict(
+        tile=tile, halo=halo, batch=batch, device=device, threads=threads, perturb=perturb, perturb_key=perturb_key,
+        seed=seed, dropout_mask=dropout_mask, overlap=overlap, tiles_per_run=tiles_per_run,
+    ), keep_pixels=None if executor.distributed else [KEEP_PIXELS_BYTES])
+    n_blocks = sum(info["blocks"] for info in infos)
+    n_reused = sum(info["reused"] for info in infos)
+    n_pending = n_blocks - n_reused
     bar = tqdm(total=n_blocks, initial=n_reused, unit="block", desc=f"predict {model.name}", file=sys.stderr,
                disable=not progress, smoothing=0.1)
-    local_bar = None if executor.distributed else (lambda n: bar.update(n))
-    tasks = []
-    for i in range(0, n_pending, per_task):
-        chunk = items[i : i + per_task]
-        used = sorted({k for k, _ in chunk})
-        renumber = {k: j for j, k in enumerate(used)}
-        tasks.append(BlockBatch(tuple((renumber[k], index) for k, index in chunk), tuple(jobs[k][0] for k in used),
-                                local_bar))
-
+    tasks = _batches(jobs, n_workers, None if executor.distributed else (lambda n: bar.update(n)))
     providers = set()
     try:
         for _, outcome in executor.run(tasks):
@@ -299,6 +256,55 @@ def predict_target(
         seconds=time.perf_counter() - start,
         images=tuple(infos),
     )
+
+
+def _image_jobs(model: Model, images, names, store, session, settings: dict, *, keep_pixels) -> tuple[list, list]:
+    """Per image: (its ImageJob, the grid indices still to do) and what `PredictionSummary.images`
+    reports. Pixels read for the statistics are kept for the blocks within `keep_pixels` bytes
+    (in this process only: a cluster would get them with every task)."""
+    jobs, infos = [], []
+    for im, name in zip(images, names):
+        prepared = prepare_image(model, im, session=session, tile=settings["tile"], halo=settings["halo"],
+                                 batch=settings["batch"], keep_pixels=keep_pixels)
+        blocking = prepared.blocking
+        key = prediction_key(model, prepared.digest, prepared.norm, blocking, perturb_key=settings["perturb_key"],
+                             seed=settings["seed"], dropout_mask=settings["dropout_mask"],
+                             tiles_per_run=settings["tiles_per_run"])
+        fresh = store.prepare(
+            name, key=key, shape=(model.out_channels,) + tuple(prepared.data.shape[1:]),
+            chunks=(model.out_channels,) + blocking.inner, grid=blocking.grid,
+            dimension_names=["c"] + list(prepared.spatial_axes),
+            attributes={
+                "model": model.name, "image": im.name, "source": str(im.source), "activation": model.activation,
+                "tile": list(blocking.tile), "halo": list(blocking.halo), "perturbation": settings["perturb_key"],
+                "seed": settings["seed"],
+            },
+        )
+        done = set() if fresh else store.done_blocks(name)
+        pending = [i for i in blocking.indices() if i not in done]
+        infos.append({"image": im.name, "array": name, "key": key, "blocks": len(blocking),
+                      "reused": len(blocking) - len(pending)})
+        tiles_per_run = check_tiles_per_run(prepared.model, session, settings["tiles_per_run"], prepared.where)
+        jobs.append((ImageJob(prepared, str(store.path), name, settings["device"], settings["threads"],
+                              settings["perturb"], settings["dropout_mask"], settings["overlap"], tiles_per_run),
+                     pending))
+    return jobs, infos
+
+
+def _batches(jobs: list, n_workers: int, progress: Callable | None) -> list[BlockBatch]:
+    """Tasks of consecutive blocks (across images, for folders of small images): each overlaps
+    reads and writes with its model runs; enough tasks to balance the workers."""
+    items = [(k, index) for k, (_, pending) in enumerate(jobs) for index in pending]
+    n_pending = len(items)
+    per_task = max(math.ceil(n_pending / MAX_TASKS), min(BLOCKS_PER_TASK, math.ceil(n_pending / (2 * n_workers))), 1)
+    tasks = []
+    for i in range(0, n_pending, per_task):
+        chunk = items[i : i + per_task]
+        used = sorted({k for k, _ in chunk})
+        renumber = {k: j for j, k in enumerate(used)}
+        tasks.append(BlockBatch(tuple((renumber[k], index) for k, index in chunk), tuple(jobs[k][0] for k in used),
+                                progress))
+    return tasks
 
 
 __all__ = ["BlockBatch", "ImageJob", "PredictionSummary", "predict_target"]

@@ -91,7 +91,7 @@ class Model:
     dropout_channels: int | None = None
     dropout_tensor: str | None = None
     assumptions: tuple[str, ...] = ()
-    # Added by the loaders (issue 6); all optional so that hand-made Models stay valid.
+    # Filled in by the loaders; all optional so that hand-made Models stay valid.
     source: str = "onnx"  # where the description came from: onnx | sidecar | bioimageio
     sha256: str | None = None  # of the ONNX file at `path`
     package: Path | None = None  # bioimage.io package folder (extracted when a zip)
