@@ -6,9 +6,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "segrank/metrics.hpp"
 
@@ -121,6 +123,83 @@ py::tuple binary_counts_py(const py::object& a_obj, const py::object& b_obj, con
     throw py::type_error("unsupported dtype " + dtype_name(a) + " (need float16/32/64 probabilities, bool or integer masks)");
   }
   return py::make_tuple(c.n_and, c.n_or, c.ei_units.hi, c.ei_units.lo);
+}
+
+// ------------------------------------------------------------------------------------------------
+// A bank of models: probs of shape (n, *spatial), one view per model over probs[m] (no copy).
+void check_bank(const py::array& probs) {
+  const auto nd = probs.ndim();
+  if (nd < 2 || nd > segrank::max_ndim + 1)
+    throw py::value_error("probs must have shape (n_models, *spatial) with 1 to 3 spatial axes, got " +
+                          std::to_string(nd) + " axes");
+  if (probs.strides(0) % probs.itemsize() != 0)
+    throw py::value_error("probs has strides that are not a multiple of its item size");
+  // each model's array must pass the checks of a single image
+  if (probs.shape(0) > 0) check_array(py::reinterpret_borrow<py::array>(probs.attr("__getitem__")(0)), "probs[i]");
+}
+
+template <class T>
+std::vector<segrank::array_view<T>> bank_views(const py::array& probs) {
+  const int nd = static_cast<int>(probs.ndim()) - 1;
+  std::ptrdiff_t shape[3] = {0, 0, 0}, strides[3] = {0, 0, 0};
+  for (int k = 0; k < nd; ++k) {
+    shape[k] = static_cast<std::ptrdiff_t>(probs.shape(k + 1));
+    strides[k] = static_cast<std::ptrdiff_t>(probs.strides(k + 1));
+  }
+  const char* base = static_cast<const char*>(probs.data());
+  std::vector<segrank::array_view<T>> views;
+  for (py::ssize_t m = 0; m < probs.shape(0); ++m)
+    views.push_back(segrank::array_view<T>::from_byte_strides(
+        reinterpret_cast<const T*>(base + m * probs.strides(0)), nd, shape, strides));
+  return views;
+}
+
+// Calls fn(views) with the views typed by probs' dtype (float32 or float64), GIL released.
+template <class Fn>
+auto with_bank(const py::object& probs_obj, Fn&& fn) {
+  const py::array probs = require_array(probs_obj, "probs");
+  check_bank(probs);
+  const char kind = probs.dtype().kind();
+  const auto size = probs.itemsize();
+  if (kind == 'f' && size == 4) {
+    const auto views = bank_views<float>(probs);
+    py::gil_scoped_release release;
+    return fn(views);
+  }
+  if (kind == 'f' && size == 8) {
+    const auto views = bank_views<double>(probs);
+    py::gil_scoped_release release;
+    return fn(views);
+  }
+  throw py::type_error("probs must be float32 or float64 probabilities, got " + dtype_name(probs));
+}
+
+template <class T>
+py::array_t<T> vector_to_numpy(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<T> out(shape);
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
+}
+
+py::tuple pairwise_py(const py::object& probs, double threshold) {
+  segrank::agreement_options o;
+  o.threshold = threshold;
+  const segrank::pairwise_sums s =
+      with_bank(probs, [&](const auto& views) { return segrank::pairwise_agreement(views, o); });
+  std::vector<std::int64_t> both(s.both.begin(), s.both.end());
+  return py::make_tuple(vector_to_numpy(both, {s.n, s.n}), vector_to_numpy(s.ei, {s.n, s.n}));
+}
+
+py::tuple consensus_py(const py::object& probs, const std::vector<double>& weights, double threshold) {
+  segrank::agreement_options o;
+  o.threshold = threshold;
+  const segrank::consensus_sums s =
+      with_bank(probs, [&](const auto& views) { return segrank::consensus_agreement(views, weights, o); });
+  const py::ssize_t n = s.n();
+  auto as_i64 = [&](const std::vector<std::uint64_t>& v) {
+    return vector_to_numpy(std::vector<std::int64_t>(v.begin(), v.end()), {n});
+  };
+  return py::make_tuple(as_i64(s.model_fg), as_i64(s.cons_fg), as_i64(s.both), vector_to_numpy(s.ei, {n}));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -266,6 +345,10 @@ PYBIND11_MODULE(_metrics, m) {
   m.def("binary_counts", &binary_counts_py, py::arg("a"), py::arg("b"), py::arg("threshold"), py::arg("background"),
         py::arg("threads"),
         "(n_and, n_or, ei_units_hi, ei_units_lo) for two probability maps (threshold) or masks (threshold=None).");
+  m.def("pairwise_agreement", &pairwise_py, py::arg("probs"), py::arg("threshold"),
+        "(both int64 (n, n), ei float64 (n, n)) for probs of shape (n, *spatial), float32 or float64.");
+  m.def("consensus_agreement", &consensus_py, py::arg("probs"), py::arg("weights"), py::arg("threshold"),
+        "(model_fg, cons_fg, both as int64 (n,), ei float64 (n,)) against the leave-one-out consensus.");
   m.def("contingency", &contingency_py, py::arg("reference"), py::arg("test"), py::arg("exclude_boundary"),
         py::arg("halo"), py::arg("threads"), "(ref_ids, test_ids, counts) as uint64 arrays, sorted by (ref, test).");
   m.def("merge_tables", &merge_tables_py);

@@ -84,12 +84,21 @@ def cmake_dir_cmd():
               help="Keep every prediction (unperturbed and perturbed) in this Zarr v3 folder, keyed by its content: "
                    "later runs with the same cache, into any --out, reuse them and compute only what changed. "
                    "Default: no cache.")
+@click.option("--score", "scores", multiple=True, type=click.Choice(["cte", "consensus"]),
+              help="What to rank by (repeatable; each ranked on its own): cte, consistency under perturbation; "
+                   "consensus, agreement with the other models of the bank (unperturbed runs only). "
+                   "Default: cte.")
+@click.option("--similarity", type=click.Choice(["auto", "dice", "ei", "map"]), default="auto", show_default=True,
+              help="Consensus: similarity of two models' predictions (auto: map for instance banks, else dice).")
+@click.option("--rounds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Consensus: re-weighting rounds (0: every model weighs the same).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, workers, scheduler, block, in_memory, cache, as_json, no_progress):
+             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
     from .job import rank
+    from .job.plan import DEFAULT_SCORE
     from .report import format_table
 
     if example:
@@ -106,7 +115,8 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
         raise click.BadParameter(f"{block!r}: expected three integers Z,Y,X", param_hint="--block") from None
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
-                   scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress)
+                   scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress,
+                   score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds)
     if cache and not no_progress:
         p = ranking.predictions
         click.echo(f"segrank: cache {cache}: {p['reused']} tile predictions reused, {p['computed']} computed", err=True)

@@ -2,8 +2,10 @@
 //   binary.hpp       NHD / consistency / EI counts from probability maps or masks
 //   contingency.hpp  contingency tables between label arrays (runs, blocks, halo, threads)
 //   rand.hpp         adapted Rand, variation of information, IoU pairs from a table
+//   agreement.hpp    pairwise and leave-one-out consensus sums across a bank of models
 #pragma once
 
+#include "agreement.hpp"
 #include "binary.hpp"
 #include "contingency.hpp"
 #include "rand.hpp"

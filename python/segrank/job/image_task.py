@@ -120,6 +120,22 @@ class WholeImage:
             run.stored.write(prob)
         return prob
 
+    def store_baseline(self) -> str:
+        """Make sure the model's unperturbed run is in the prediction cache; its array's name."""
+        from ..inference.predict import predict_prepared
+        from ..scoring.runs import plan_run
+
+        g = self.graph("model")
+        run = plan_run(g.model, None, 0, options=self.task.options, image=self.task.image.name,
+                       unit=self.task.image.name, center=0.0, norm=g.image.norm, blocking=g.image.blocking,
+                       digest=g.digest)
+        if run.stored.complete:
+            self.reused += len(g.image.blocking)
+        else:
+            run.stored.write(predict_prepared(g.image, g.session))
+            self.computed += len(g.image.blocking)
+        return run.stored.name
+
     def baseline(self, graph: str) -> np.ndarray:
         """The unperturbed run of `graph` ("model" or "dropout"), once per graph file."""
         key = str(self.graph(graph).model.path)  # a grey-box model is its own rewrite

@@ -25,6 +25,19 @@ def check_options(repeats: int, block) -> tuple[int, ...]:
     return block
 
 
+SCORES = ("cte", "consensus")
+DEFAULT_SCORE = ("cte",)
+
+
+def check_scores(score) -> tuple[str, ...]:
+    """The scores to rank by, each ranked on its own: "cte", "consensus" or both."""
+    scores = (score,) if isinstance(score, str) else tuple(score)
+    unknown = [s for s in scores if s not in SCORES]
+    if unknown or not scores:
+        raise SegrankError(f"--score {','.join(unknown) or '(none)'}: choose from {', '.join(SCORES)}")
+    return tuple(dict.fromkeys(scores))
+
+
 def load_inputs(bank, target, *, axes: str | None, max_images: int | None, seed: int) -> tuple[list, list, list[Failure]]:
     """(usable models, images to score, models that did not load) of a bank and a target."""
     from ..io.targets import open_target
@@ -94,20 +107,21 @@ class Plan:
 
     tasks: list = field(default_factory=list)
     skipped: int = 0  # units already done (resume)
+    sessions: dict = field(default_factory=dict)  # in this process only, per model name
     failures: list[Failure] = field(default_factory=list)
     providers: dict[str, str] = field(default_factory=dict)
     dropout_models: dict[str, Model | None] = field(default_factory=dict)
 
 
 def plan_tasks(models, images, specs, metrics, done, *, options: dict, block, tile, halo, in_memory: bool,
-               threads: int | None) -> Plan:
+               threads: int | None, cte: bool = True) -> Plan:
     """One task per (model, 2D image) and per (model, scoring block) of a volume (or per (model,
-    volume) `in_memory`), for the (perturbation, repeat) pairs not in `done`.
+    volume) `in_memory`), for the (perturbation, repeat) pairs not in `done`; none without
+    `cte` (then only the sessions are opened, for the consensus stage).
 
     A session is created here once per model, so that a broken file is reported before any
     work; so is each model's grey-box rewrite when a perturbation needs it.
     """
-    from ..inference.session import create_session
     from ..models.greybox import rewrite
     from .block_task import BlockTask, volume_job
     from .image_task import ScoreTask
@@ -115,12 +129,11 @@ def plan_tasks(models, images, specs, metrics, done, *, options: dict, block, ti
     plan = Plan()
     samples: dict = {}
     device = options["device"]
-    for model in models:
-        try:
-            session, plan.providers[model.name] = create_session(model, device=device, threads=threads)
-        except SegrankError as err:
-            plan.failures.append(Failure(model.name, Stage.SESSION, str(err)))
+    sessions = plan.sessions = open_sessions(models, device=device, threads=threads, plan=plan)
+    for model in models if cte else ():
+        if model.name not in sessions:
             continue
+        session = sessions[model.name]
         dropout_model = None
         if any(s.is_dropout for s in specs):
             try:
@@ -158,4 +171,20 @@ def plan_tasks(models, images, specs, metrics, done, *, options: dict, block, ti
     return plan
 
 
-__all__ = ["Plan", "check_options", "choose_perturbations", "load_inputs", "plan_tasks", "run_settings"]
+def open_sessions(models, *, device: str, threads: int | None, plan: Plan) -> dict:
+    """A session per model, created here once so that a broken file is reported before any work;
+    the provider of each goes to `plan.providers`, a failure to `plan.failures`."""
+    from ..inference.session import create_session
+
+    sessions = {}
+    for model in models:
+        if model.name in plan.providers:
+            continue
+        try:
+            sessions[model.name], plan.providers[model.name] = create_session(model, device=device, threads=threads)
+        except SegrankError as err:
+            plan.failures.append(Failure(model.name, Stage.SESSION, str(err)))
+    return sessions
+
+
+__all__ = ["DEFAULT_SCORE", "Plan", "SCORES", "check_scores", "open_sessions", "check_options", "choose_perturbations", "load_inputs", "plan_tasks", "run_settings"]

@@ -1,13 +1,16 @@
-"""`rank`: load -> plan -> predict and score -> aggregate -> write, resumable."""
+"""`rank`: load -> plan -> predict -> score (per model: CTE; across models: consensus) -> aggregate -> write."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from ..scoring.consensus import resolve_similarity
+from ..scoring.options import ScoringOptions
+from .consensus import CONSENSUS, score_consensus
 from .execute import rank_executor
 from .failures import Failure
-from .plan import check_options, choose_perturbations, load_inputs, plan_tasks, run_settings
-from .rows import Ranking, ranking_rows
+from .plan import DEFAULT_SCORE, check_options, check_scores, choose_perturbations, load_inputs, plan_tasks, run_settings
+from .rows import Ranking, consensus_rows, ranking_rows
 from .rundir import RunDirectory
 
 
@@ -32,6 +35,9 @@ def rank(
     scheduler: str | None = None,
     gpus=None,
     cache=None,
+    score=DEFAULT_SCORE,
+    similarity: str = "auto",
+    rounds: int = 0,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -83,6 +89,16 @@ def rank(
         by its content (`segrank.scoring.cache`): another run with the same cache, into any
         `out`, computes only the predictions not stored yet and gives the same scores. Default:
         no cache (a rerun into the same `out` still resumes from its per-image scores).
+    score : str or sequence of {"cte", "consensus"}
+        What to rank by, each ranked on its own: "cte", the consistency of each model under
+        the perturbations; "consensus", each model's agreement with the other models of the
+        bank on the same units (only unperturbed runs; they are kept in `cache`, else in
+        OUT/predictions, and read back per unit; see `segrank.scoring.consensus`).
+    similarity : {"auto", "dice", "ei", "map"}
+        The consensus score's similarity between two models' predictions of a unit; auto: map
+        (instance labels) for instance banks, dice for semantic ones.
+    rounds : int
+        Re-weighting rounds of the consensus score (0: every model weighs the same).
 
     Notes
     -----
@@ -96,7 +112,7 @@ def rank(
     from ..scoring import resolve_metric
     from ..scoring.cache import PredictionCache
 
-    block = check_options(repeats, block)
+    block, scores = check_options(repeats, block), check_scores(score)
     run = RunDirectory(Path(out))
     models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed)
     specs = choose_perturbations(list(perturbations), models)
@@ -104,6 +120,7 @@ def rank(
     settings = run_settings(bank, target, models, images, specs, metric=metric, repeats=repeats, seed=seed,
                             threshold=threshold, block=block, tile=tile, halo=halo, max_images=max_images,
                             device=device, cache=cache)
+    settings.update(score=list(scores), similarity=similarity, rounds=rounds)
     run.check_settings(settings)
     prediction_cache = PredictionCache(cache) if cache is not None else None
     if prediction_cache is not None:
@@ -113,25 +130,43 @@ def rank(
     threads = default_threads(n_workers) if n_workers else None
     options = dict(device=device, repeats=repeats, seed=seed, threshold=threshold, cache=prediction_cache)
     plan = plan_tasks(models, images, specs, metrics, done, options=options, block=block, tile=tile, halo=halo,
-                      in_memory=in_memory, threads=threads)
+                      in_memory=in_memory, threads=threads, cte="cte" in scores)
     failures += plan.failures
     executor = rank_executor(workers=workers, scheduler=scheduler, gpus=gpus, device=device,
                              uses_cuda=bool(gpus) or CUDA in plan.providers.values())
     predictions = predict_and_score(plan, executor, run, done, failures, progress=progress)
-
-    rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, block, n_boot, seed, repeats)
+    rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, block, n_boot, seed,
+                        repeats) if "cte" in scores else []
+    diagnostics = None
+    if CONSENSUS in scores:
+        store = prediction_cache or PredictionCache(run.out / "predictions")
+        resolved = resolve_similarity(similarity, "instance" if all(m.task == "instance" for m in models) else "semantic")
+        counts = score_consensus(models, images, plan.sessions, lambda m: ScoringOptions(
+            (), metrics[m.name], 1, seed, threshold, device, threads, store), run=run, executor=executor,
+            store=store.path, block=block, tile=tile, halo=halo, threshold=threshold, failures=failures, progress=progress)
+        predictions = {k: predictions[k] + counts[k] for k in predictions}
+        more, diagnostics = consensus_rows(models, images, block, run.agreement.read(), similarity=resolved,
+                                           rounds=rounds, providers=plan.providers, failures=failures, n_boot=n_boot,
+                                           seed=seed)
+        rows += more
     settings["provider"] = plan.providers
-    ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions)
+    ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions,
+                      consensus=diagnostics)
+    write(ranking, models, images, specs, plan, report=report, options=dict(
+        seed=seed, threshold=threshold, device=device, cache=prediction_cache), block=block, tile=tile, halo=halo)
+    return ranking
+
+
+def write(ranking: Ranking, models, images, specs, plan, *, report: bool, options: dict, block, tile, halo) -> None:
+    """ranking.json / ranking.csv, and with `report` the plots (with example tiles) and report.html."""
     from ..report import write_outputs
     from .examples import example_tiles
 
     examples = None
     if report:
-        examples = example_tiles(rows, models, images, specs[0], options=dict(seed=seed, threshold=threshold,
-                                 device=device, cache=prediction_cache), dropout_models=plan.dropout_models,
-                                 block=block, tile=tile, halo=halo)
+        examples = example_tiles(ranking.rows, models, images, specs[0], options=options,
+                                 dropout_models=plan.dropout_models, block=block, tile=tile, halo=halo)
     write_outputs(ranking, report=report, examples=examples)
-    return ranking
 
 
 def predict_and_score(plan, executor, run: RunDirectory, done: dict, failures: list[Failure], *,

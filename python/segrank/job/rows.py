@@ -26,15 +26,19 @@ class Ranking:
     failures: list[Failure]
     out: Path
     predictions: dict | None = None
+    consensus: dict | None = None  # the consensus diagnostics (see `consensus_rows`)
 
     def to_json(self) -> dict:
-        return {
+        document = {
             "models": self.rows,
             "settings": self.settings,
             "failures": [f.to_json() for f in self.failures],
             "perturbations": per_perturbation(self.rows),
             "segrank_version": __version__,
         }
+        if self.consensus is not None:
+            document["consensus"] = self.consensus
+        return document
 
 
 def per_perturbation(rows: list[dict]) -> list[dict]:
@@ -105,8 +109,55 @@ def ranking_rows(models, images, specs, done, metrics, providers, failures, bloc
                 "status": model_status(model.name, dropout=spec.is_dropout, failures=failures, images=images,
                                        n_scored=r.n_scored, score=r.score),
                 "top_two_separated": (p_sep is not None and p_sep >= 0.95) if rank_pos == 1 else None,
+                "estimator": "cte",
             })
     return rows
 
 
-__all__ = ["Ranking", "model_status", "per_perturbation", "ranking_rows", "unit_matrix"]
+def consensus_rows(models, images, block, agreement: list[dict], *, similarity: str, rounds: int, providers,
+                   failures, n_boot: int, seed: int) -> tuple[list[dict], dict]:
+    """Rows of ranking.json for the consensus score (setting "consensus"), and its diagnostics.
+
+    Each model's per-unit score is its weighted mean agreement with the other models
+    (`scoring.consensus.pairwise_scores`); the median over units, the interval and P(best)
+    come from the same paired bootstrap over units as CTE's, with the weights of the last
+    re-weighting round held fixed (the bootstrap does not redo the rounds).
+    """
+    from ..scoring.consensus import agreement_groups, majority_share, pairwise_scores, similarity_matrices
+    from .consensus import CONSENSUS
+
+    names = [m.name for m in models]
+    units = [u.name for im in images for u in units_of(im, block)]
+    sim, size = similarity_matrices(agreement, names, units, similarity)
+    result = pairwise_scores(sim, rounds=rounds, size=size)
+    scores, p_sep = aggregate(names, result.per_unit, n_boot=n_boot, seed=seed, label=CONSENSUS)
+    groups = agreement_groups(result.matrix)
+    rows = []
+    for rank_pos, i in enumerate(ranking_order(scores), start=1):
+        r, model = scores[i], models[i]
+        rows.append({
+            "name": r.name, "rank": rank_pos, "score": r.score, "ci_low": r.ci_low, "ci_high": r.ci_high,
+            "p_best": r.p_best, "n_images": len(images), "n_units": r.n_units, "n_scored": r.n_scored,
+            "perturbation": CONSENSUS, "metric": similarity, "provider": providers.get(model.name),
+            "status": model_status(model.name, dropout=False, failures=failures, images=images,
+                                   n_scored=r.n_scored, score=r.score),
+            "top_two_separated": (p_sep is not None and p_sep >= 0.95) if rank_pos == 1 else None,
+            "estimator": CONSENSUS,
+            "weight": float(result.weights[i]),
+            "group": int(groups[i]),
+            "relative_mask_size": None if not np.isfinite(result.relative_mask_size[i])
+            else float(result.relative_mask_size[i]),
+        })
+    share = majority_share(groups)
+    diagnostics = {
+        "similarity": similarity, "rounds": rounds, "models": names,
+        "matrix": [[None if not np.isfinite(v) else round(float(v), 6) for v in row] for row in result.matrix],
+        "groups": [int(g) for g in groups], "majority_share": share,
+        "warnings": [] if share >= 0.5 else [
+            f"no agreeing majority: the largest group of models that agree holds {share:.0%} of the bank; "
+            "the consensus may be the wrong one, compare with --score cte"],
+    }
+    return rows, diagnostics
+
+
+__all__ = ["Ranking", "consensus_rows", "model_status", "per_perturbation", "ranking_rows", "unit_matrix"]

@@ -1,4 +1,4 @@
-"""The run directory of a ranking: settings.json, per_image.csv rows appended as they come, resume."""
+"""The run directory of a ranking: settings.json, result rows appended as they come (CSV), resume."""
 from __future__ import annotations
 
 import csv
@@ -14,14 +14,47 @@ PER_UNIT_FIELDS = ("model", "perturbation", "unit", "repeat", "score", "status")
 RESULT_SETTINGS = ("perturbations", "metric", "seed", "threshold", "units", "block", "tile", "halo")
 
 
+class RowFile:
+    """A CSV file of result rows, appended one finished task at a time (a kill tears at most the
+    last line, which the next read cuts off so that its task is simply done again)."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...]):
+        self.path, self.fields = Path(path), fields
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            with self.path.open("r+b") as f:
+                f.truncate(raw.rfind(b"\n") + 1)
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def append(self, rows: list[dict]) -> None:
+        """Append the rows of one finished task in a single write."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.fields)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerows(rows)
+        with self.path.open("a", newline="") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+
+
 class RunDirectory:
     """DIR of a ranking: settings.json, per_image.csv (one row per unit and repeat, appended as
-    results come) and the outputs."""
+    results come), agreement.csv (consensus: one row per unit and pair of models) and the outputs."""
 
     def __init__(self, out: Path):
+        from ..scoring.consensus import AGREEMENT_FIELDS
+
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.per_unit = self.out / "per_image.csv"
+        self._rows = RowFile(self.per_unit, PER_UNIT_FIELDS)
+        self.agreement = RowFile(self.out / "agreement.csv", AGREEMENT_FIELDS)
 
     def check_settings(self, settings: dict) -> None:
         """Refuse to resume a ranking made with other result settings, then record `settings`.
@@ -49,33 +82,12 @@ class RunDirectory:
         path.write_text(json.dumps(settings, indent=2))
 
     def done(self) -> dict[tuple[str, str, str, int], dict]:
-        """Rows already written, keyed by (model, perturbation, unit, repeat).
-
-        A run killed while writing may leave a torn last line: it is cut off here (its unit is
-        simply done again), so that the next rows start on a line of their own.
-        """
-        if not self.per_unit.exists():
-            return {}
-        raw = self.per_unit.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            with self.per_unit.open("r+b") as f:
-                f.truncate(raw.rfind(b"\n") + 1)
-        rows = {}
-        with self.per_unit.open(newline="") as f:
-            for row in csv.DictReader(f):
-                rows[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
-        return rows
+        """Rows already written, keyed by (model, perturbation, unit, repeat)."""
+        return {(r["model"], r["perturbation"], r["unit"], int(r["repeat"])): r for r in self._rows.read()}
 
     def append(self, rows: list[dict]) -> None:
         """Append the rows of one finished task in a single write (a kill tears at most it)."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=PER_UNIT_FIELDS)
-        if not self.per_unit.exists() or self.per_unit.stat().st_size == 0:
-            writer.writeheader()
-        writer.writerows(rows)
-        with self.per_unit.open("a", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
+        self._rows.append(rows)
 
 
 def unit_row(model: str, perturbation, unit: str, repeat: int, score: float | None) -> dict:
@@ -97,4 +109,4 @@ def file_digest(path: Path) -> str:
     return sha256_file(path)[:16]
 
 
-__all__ = ["PER_UNIT_FIELDS", "RESULT_SETTINGS", "RunDirectory", "file_digest", "unit_row"]
+__all__ = ["PER_UNIT_FIELDS", "RESULT_SETTINGS", "RowFile", "RunDirectory", "file_digest", "unit_row"]

@@ -239,6 +239,22 @@ def score_block(job: VolumeJob, name: str, region: Region, todo, *,
     return [(spec, repeat, results[(str(spec), repeat)]) for spec, repeat, _ in plans]
 
 
+def store_region(job: VolumeJob, region: Region, name: str, *, counts: dict | None = None) -> str:
+    """Make sure the unperturbed tiles that cover `region` are in the prediction cache (the
+    job's options must have one); the name of the whole volume's stored array."""
+    pixels = _BlockPixels(job, region, name)
+    run = volume_run(job, None, 0, name, dropout=False)
+    for tile in pixels.tiles:
+        if tile.index not in run.stored.done:
+            pixels.predict(tile, run)
+        else:
+            pixels.reused += 1
+    if counts is not None:
+        counts["reused"] = counts.get("reused", 0) + pixels.reused
+        counts["computed"] = counts.get("computed", 0) + pixels.computed
+    return run.stored.name
+
+
 def predict_region(job: VolumeJob, region: Region, *, spec: PerturbationSpec | None = None, repeat: int = 0,
                    dropout: bool = False) -> np.ndarray:
     """Probabilities (C, *region) of one region from the whole volume's tiles (for reports): the
@@ -248,4 +264,4 @@ def predict_region(job: VolumeJob, region: Region, *, spec: PerturbationSpec | N
     return _BlockPixels(job, region, name).assemble(volume_run(job, spec, repeat, name, dropout=dropout))
 
 
-__all__ = ["VolumeJob", "normalized_mean", "predict_region", "score_block", "volume_run"]
+__all__ = ["VolumeJob", "normalized_mean", "predict_region", "score_block", "store_region", "volume_run"]
