@@ -92,10 +92,14 @@ def cmake_dir_cmd():
               help="Consensus: similarity of two models' predictions (auto: map for instance banks, else dice).")
 @click.option("--rounds", type=click.IntRange(min=0), default=0, show_default=True,
               help="Consensus: re-weighting rounds (0: every model weighs the same).")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A performance.json (segrank evaluate) of this bank on this target: show how far each ranking "
+                   "agrees with it (--example uses the example's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, as_json, no_progress):
+             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, truth, as_json,
+             no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
     from .job import rank
     from .job.plan import DEFAULT_SCORE
@@ -104,9 +108,10 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
     if example:
         if bank or target:
             raise click.UsageError("--example takes no BANK or TARGET")
-        from .examples import example_paths
+        from .examples import example_paths, example_performance
 
         bank, target = example_paths()
+        truth = truth or example_performance()
     elif not (bank and target):
         raise click.UsageError("give BANK and TARGET, or --example")
     try:
@@ -116,7 +121,7 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
                    scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress,
-                   score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds)
+                   score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds, truth=truth)
     if cache and not no_progress:
         p = ranking.predictions
         click.echo(f"segrank: cache {cache}: {p['reused']} tile predictions reused, {p['computed']} computed", err=True)
@@ -128,6 +133,11 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
             click.echo(f"{n_perts} perturbation settings, each ranked on its own "
                        "(one unperturbed run per model and image, shared):\n")
         click.echo(format_table(ranking.rows))
+        for note in (ranking.consensus or {}).get("warnings", []):
+            click.echo(f"warning: {note}", err=True)
+        for setting, t in (ranking.truth or {}).items():
+            click.echo(f"against the labels ({setting}): Spearman {t['spearman']:+.2f}, first pick {t['first_pick']}, "
+                       f"true best {t['true_best']} (regret {t['regret']:.3f})", err=True)
         for f in ranking.failures:
             click.echo(f"failed: {f['model']} ({f['stage']}): {f['error']}", err=True)
         click.echo(f"\nwritten: {ranking.out}/ranking.json, ranking.csv, per_image.csv, report.html", err=True)

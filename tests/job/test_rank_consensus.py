@@ -115,3 +115,21 @@ def test_cli_score_option(bank, blob_target, tmp_path):
     res = CliRunner().invoke(main, ["rank", str(bank), str(blob_target), "--out", str(tmp_path / "x"),
                                     "--score", "votes", "--no-progress"])
     assert res.exit_code != 0 and "votes" in res.output
+
+
+def test_report_shows_agreement_warnings_and_the_truth(bank, blob_target, tmp_path):
+    from segrank.evaluate.job import evaluate
+
+    perf = tmp_path / "perf"
+    evaluate(bank, blob_target, labels=blob_target.parent / "labels", out=perf, device="cpu", progress=False)
+    ranking = rank(bank, blob_target, out=tmp_path / "run", score=["cte", "consensus"], perturbations=["noise:0.1"],
+                   truth=perf / "performance.json", progress=False, n_boot=50, device="cpu")
+    doc = json.loads((tmp_path / "run" / "ranking.json").read_text())
+    assert set(doc["truth"]) == {"noise:0.1", "consensus"}
+    assert all(-1 <= t["spearman"] <= 1 and t["regret"] >= 0 for t in doc["truth"].values())
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Against the true ranking" in page and "Consensus (agreement with the bank)" in page
+    assert (tmp_path / "run" / "agreement.png").stat().st_size > 1000
+    firsts = {r["perturbation"]: r["name"] for r in ranking.rows if r["rank"] == 1}
+    disagree = firsts["noise:0.1"] != firsts["consensus"]
+    assert disagree == any("disagree on the best model" in w for w in doc["consensus"]["warnings"])

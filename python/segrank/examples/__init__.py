@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["example_paths", "example_labels"]
+__all__ = ["example_labels", "example_paths", "example_performance"]
 
 _NUCLEI = Path(__file__).resolve().parent / "nuclei"
 
@@ -22,3 +22,8 @@ def example_paths() -> tuple[Path, Path]:
 def example_labels() -> Path:
     """Return the folder of the example images' instance labels (same file names)."""
     return _NUCLEI / "labels"
+
+
+def example_performance() -> Path:
+    """Return the example bank's true performance on the example images (performance.json)."""
+    return _NUCLEI / "performance.json"

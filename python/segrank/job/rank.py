@@ -1,6 +1,7 @@
 """`rank`: load -> plan -> predict -> score (per model: CTE; across models: consensus) -> aggregate -> write."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from .consensus import CONSENSUS, score_consensus
 from .execute import rank_executor
 from .failures import Failure
 from .plan import DEFAULT_SCORE, check_options, check_scores, choose_perturbations, load_inputs, plan_tasks, run_settings
-from .rows import Ranking, consensus_rows, ranking_rows
+from .rows import Ranking, compare_with_truth, consensus_rows, disagreement_warnings, ranking_rows
 from .rundir import RunDirectory
 
 
@@ -38,6 +39,7 @@ def rank(
     score=DEFAULT_SCORE,
     similarity: str = "auto",
     rounds: int = 0,
+    truth=None,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -99,6 +101,9 @@ def rank(
         (instance labels) for instance banks, dice for semantic ones.
     rounds : int
         Re-weighting rounds of the consensus score (0: every model weighs the same).
+    truth : path, optional
+        A performance.json (`segrank evaluate`) of this bank on this target: ranking.json and the
+        report then show how far each ranking agrees with it (the bundled example ships one).
 
     Notes
     -----
@@ -145,13 +150,16 @@ def rank(
             (), metrics[m.name], 1, seed, threshold, device, threads, store), run=run, executor=executor,
             store=store.path, block=block, tile=tile, halo=halo, threshold=threshold, failures=failures, progress=progress)
         predictions = {k: predictions[k] + counts[k] for k in predictions}
-        more, diagnostics = consensus_rows(models, images, block, run.agreement.read(), similarity=resolved,
-                                           rounds=rounds, providers=plan.providers, failures=failures, n_boot=n_boot,
-                                           seed=seed)
+        more, diagnostics, unit_scores = consensus_rows(
+            models, images, block, run.agreement.read(), similarity=resolved, rounds=rounds, providers=plan.providers,
+            failures=failures, n_boot=n_boot, seed=seed)
         rows += more
+        diagnostics["warnings"] += disagreement_warnings(rows)
+        unit_scores = {CONSENSUS: unit_scores}
     settings["provider"] = plan.providers
     ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions,
-                      consensus=diagnostics)
+                      consensus=diagnostics, unit_scores=unit_scores if diagnostics else None,
+                      truth=compare_with_truth(rows, json.loads(Path(truth).read_text())) if truth else None)
     write(ranking, models, images, specs, plan, report=report, options=dict(
         seed=seed, threshold=threshold, device=device, cache=prediction_cache), block=block, tile=tile, halo=halo)
     return ranking

@@ -27,6 +27,8 @@ class Ranking:
     out: Path
     predictions: dict | None = None
     consensus: dict | None = None  # the consensus diagnostics (see `consensus_rows`)
+    truth: dict | None = None  # agreement with a known true ranking (`compare_with_truth`)
+    unit_scores: dict | None = None  # {setting: {model: per-unit scores}} not in per_image.csv (report only)
 
     def to_json(self) -> dict:
         document = {
@@ -38,6 +40,8 @@ class Ranking:
         }
         if self.consensus is not None:
             document["consensus"] = self.consensus
+        if self.truth is not None:
+            document["truth"] = self.truth
         return document
 
 
@@ -115,8 +119,9 @@ def ranking_rows(models, images, specs, done, metrics, providers, failures, bloc
 
 
 def consensus_rows(models, images, block, agreement: list[dict], *, similarity: str, rounds: int, providers,
-                   failures, n_boot: int, seed: int) -> tuple[list[dict], dict]:
-    """Rows of ranking.json for the consensus score (setting "consensus"), and its diagnostics.
+                   failures, n_boot: int, seed: int) -> tuple[list[dict], dict, dict]:
+    """Rows of ranking.json for the consensus score (setting "consensus"), its diagnostics, and
+    each model's per-unit scores (for the report).
 
     Each model's per-unit score is its weighted mean agreement with the other models
     (`scoring.consensus.pairwise_scores`); the median over units, the interval and P(best)
@@ -157,7 +162,35 @@ def consensus_rows(models, images, block, agreement: list[dict], *, similarity: 
             f"no agreeing majority: the largest group of models that agree holds {share:.0%} of the bank; "
             "the consensus may be the wrong one, compare with --score cte"],
     }
-    return rows, diagnostics
+    per_unit = {n: [float(v) for v in result.per_unit[i]] for i, n in enumerate(names)}
+    return rows, diagnostics, per_unit
 
 
-__all__ = ["Ranking", "consensus_rows", "model_status", "per_perturbation", "ranking_rows", "unit_matrix"]
+def disagreement_warnings(rows: list[dict]) -> list[str]:
+    """A warning for each CTE setting whose first pick is not the consensus's first pick."""
+    firsts = {r["perturbation"]: r["name"] for r in rows if r["rank"] == 1 and r["score"] is not None}
+    consensus = firsts.get("consensus")
+    return [f"CTE ({setting}) and consensus disagree on the best model: {name} vs {consensus}; "
+            "compare both rankings before choosing" for setting, name in firsts.items()
+            if consensus is not None and setting != "consensus" and name != consensus]
+
+
+def compare_with_truth(rows: list[dict], performance: dict) -> dict:
+    """Each setting's ranking against a known true ranking (performance.json's rows): Spearman,
+    Kendall, the true best model and the regret of the first pick."""
+    from ..evaluate.correlation import rank_agreement
+
+    true = {r["name"]: r["score"] for r in performance["models"]}
+    out = {}
+    for setting in dict.fromkeys(r["perturbation"] for r in rows):
+        block = [r for r in rows if r["perturbation"] == setting and r["name"] in true]
+        if len(block) < 3:
+            continue
+        result = rank_agreement([r["score"] for r in block], [true[r["name"]] for r in block], n_permutations=1000)
+        out[setting] = {"spearman": result["spearman"]["value"], "kendall": result["kendall"]["value"],
+                        "true_best": max(true, key=true.get), "first_pick": min(block, key=lambda r: r["rank"])["name"],
+                        "regret": result["regret"]}
+    return out
+
+
+__all__ = ["Ranking", "compare_with_truth", "consensus_rows", "disagreement_warnings", "model_status", "per_perturbation", "ranking_rows", "unit_matrix"]

@@ -18,6 +18,7 @@ import yaml
 from ..errors import ModelError
 from .description import Model, Preprocessing, Tiling
 from .onnx_model import load_onnx
+from .package_tensors import PackageTensor, tensors_v04, tensors_v05
 from .sidecar import parse_declared
 from .untrusted import cache_dir, check_sha256, resolve_inside, safe_extract_zip, sha256_file
 
@@ -158,90 +159,7 @@ def _activation(steps: list[dict] | None, data_range, notes: list) -> str | None
     return activation
 
 
-class _Tensor:
-    """One input/output tensor, spec-version independent."""
-
-    def __init__(self, ident, axes, sizes, halo, channels, test, test_sha, pre, post, data_range):
-        self.id, self.axes, self.sizes, self.halo = ident, axes, sizes, halo
-        self.channels, self.test, self.test_sha = channels, test, test_sha
-        self.pre, self.post, self.data_range = pre, post, data_range
-
-
-def _tensors_v04(rdf: Path, data: dict) -> tuple[list[_Tensor], list[_Tensor]]:
-    def one(t: dict, index: int, tests: list, inputs: dict) -> _Tensor:
-        axes = str(t.get("axes", ""))
-        shape = t.get("shape")
-        sizes: list = []
-        channels = None
-        if isinstance(shape, list):
-            sizes = [int(s) for s in shape]
-        elif isinstance(shape, dict) and "min" in shape:
-            sizes = [{"min": int(m), "step": int(s)} for m, s in zip(shape["min"], shape["step"])]
-        elif isinstance(shape, dict) and "reference_tensor" in shape:
-            ref = inputs.get(shape["reference_tensor"])
-            scale, offset = shape.get("scale", []), shape.get("offset", [])
-            if ref is not None and "c" in axes and "c" in ref.axes:
-                ci = axes.index("c")
-                if ci < len(scale) and ci < len(offset) and ref.channels is not None:
-                    channels = int(round(ref.channels * float(scale[ci]) + 2 * float(offset[ci])))
-            sizes = [None] * len(axes)
-        if "c" in axes and channels is None and sizes:
-            s = sizes[axes.index("c")]
-            channels = s if isinstance(s, int) else (s["min"] if isinstance(s, dict) and s["step"] == 0 else None)
-        halo_list = t.get("halo") or []
-        halo = {a: int(h) for a, h in zip(axes, halo_list) if a in "zyx"}
-        test = tests[index] if index < len(tests) else None
-        data_range = t.get("data_range")
-        return _Tensor(t.get("name"), axes, sizes, halo, channels, test, None, t.get("preprocessing"), t.get("postprocessing"), data_range)
-
-    ins: dict = {}
-    inputs = []
-    for i, t in enumerate(data.get("inputs") or []):
-        tensor = one(t, i, data.get("test_inputs") or [], ins)
-        ins[tensor.id] = tensor
-        inputs.append(tensor)
-    outputs = [one(t, i, data.get("test_outputs") or [], ins) for i, t in enumerate(data.get("outputs") or [])]
-    return inputs, outputs
-
-
-def _tensors_v05(rdf: Path, data: dict) -> tuple[list[_Tensor], list[_Tensor]]:
-    def one(t: dict) -> _Tensor:
-        letters, sizes, halo, channels = [], [], {}, None
-        for axis in t.get("axes") or []:
-            kind = axis.get("type")
-            if kind == "batch":
-                letters.append("b")
-                sizes.append(axis.get("size"))
-            elif kind == "channel":
-                letters.append("c")
-                channels = len(axis.get("channel_names") or [])
-                sizes.append(channels)
-            elif kind == "space":
-                ident = str(axis.get("id", "x"))
-                if ident not in ("x", "y", "z"):
-                    raise ModelError(f"{rdf}: space axis {ident!r} of tensor {t.get('id')!r} is not x, y or z")
-                letters.append(ident)
-                size = axis.get("size")
-                if isinstance(size, dict) and "min" in size:
-                    size = {"min": int(size["min"]), "step": int(size.get("step", 0))}
-                elif isinstance(size, dict):
-                    size = None  # a reference to another tensor's axis
-                sizes.append(size)
-                if axis.get("halo"):
-                    halo[ident] = int(axis["halo"])
-            else:
-                raise ModelError(f"{rdf}: axis type {kind!r} of tensor {t.get('id')!r} is not supported (batch, channel, space)")
-        test = t.get("test_tensor") or {}
-        data_range = (t.get("data") or {}).get("range") if isinstance(t.get("data"), dict) else None
-        return _Tensor(
-            t.get("id"), "".join(letters), sizes, halo, channels, test.get("source"), test.get("sha256"),
-            t.get("preprocessing"), t.get("postprocessing"), data_range,
-        )
-
-    return [one(t) for t in data.get("inputs") or []], [one(t) for t in data.get("outputs") or []]
-
-
-def _tiling(rdf: Path, tensor: _Tensor, out: _Tensor, notes: list) -> Tiling:
+def _tiling(rdf: Path, tensor: PackageTensor, out: PackageTensor, notes: list) -> Tiling:
     spatial = [(a, s) for a, s in zip(tensor.axes, tensor.sizes) if a in "zyx"]
     if not spatial or any(s is None for _, s in spatial):
         return None  # nothing declared: inferred from the graph
@@ -328,6 +246,42 @@ def _weights(
 def load_package(path: Path, *, name: str | None = None, trust_code: bool = False) -> Model:
     """Describe a bioimage.io model package; see the module docstring."""
     root, rdf = _open(Path(path))
+    data = _read_description(rdf)
+    tin, outputs = _image_tensors(rdf, data)
+
+    config = (data.get("config") or {}).get("segrank") if isinstance(data.get("config"), dict) else None
+    declared = parse_declared(config or {}, rdf, base=root)
+    notes: list = []
+    tout = _chosen_output(outputs, declared, notes)
+    _check_axes(rdf, tin, tout)
+    _declare_from_tensors(rdf, declared, tin, tout, notes)
+    _declare_test_tensors(root, declared, tin, tout)
+
+    example = _example_shape(declared, tin.axes)
+    onnx_path, base, weight_notes = _weights(
+        rdf, root, data, trust_code=trust_code, example_shape=example, axes=tin.axes, tiling=declared.get("tiling")
+    )
+    notes += weight_notes
+    if "card" not in declared:
+        declared["card"] = _card(data)
+    source_note = [n for n in notes if n[0] == "source"]
+    notes = [n for n in notes if n[0] != "source"]
+    model = load_onnx(
+        onnx_path,
+        name=name or declared.pop("name", None) or str(data.get("name") or root.name),
+        declared=declared,
+        source="bioimageio",
+        root=base,
+        package=root,
+        notes=tuple(notes),
+    )
+    if source_note:
+        model = model.with_(card={**(model.card or {}), "converted": source_note[0][1]})
+    return model
+
+
+def _read_description(rdf: Path) -> dict:
+    """The parsed description file, which must describe a model."""
     try:
         data = yaml.safe_load(rdf.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -335,17 +289,25 @@ def load_package(path: Path, *, name: str | None = None, trust_code: bool = Fals
         raise ModelError(f"{rdf}: not a readable YAML description ({first})") from None
     if not isinstance(data, dict) or data.get("type") != "model":
         raise ModelError(f"{rdf}: not a bioimage.io model description (type must be 'model')")
+    return data
+
+
+def _image_tensors(rdf: Path, data: dict) -> tuple[PackageTensor, list[PackageTensor]]:
+    """(the one input tensor, the output tensors), read as the description's spec version says."""
     version = _version(rdf, data)
-    inputs, outputs = (_tensors_v04 if version == (0, 4) else _tensors_v05)(rdf, data)
+    inputs, outputs = (tensors_v04 if version == (0, 4) else tensors_v05)(rdf, data)
     if len(inputs) != 1:
         raise ModelError(f"{rdf}: the model has {len(inputs)} inputs; segrank feeds exactly one image input")
     if not outputs:
         raise ModelError(f"{rdf}: the model declares no output")
+    return inputs[0], outputs
 
-    config = (data.get("config") or {}).get("segrank") if isinstance(data.get("config"), dict) else None
-    declared = parse_declared(config or {}, rdf, base=root)
-    notes: list = []
-    tin = inputs[0]
+
+def _chosen_output(outputs: list[PackageTensor], declared: dict, notes: list) -> PackageTensor:
+    """The output tensor segrank reads: the declared output_name's, else the first.
+
+    With several outputs and none declared, the first is noted and declared as output_name.
+    """
     out_index = 0
     if declared.get("output_name") is None and len(outputs) > 1:
         notes.append(("output_name", f"uses output {outputs[0].id!r}, the first of {len(outputs)}"))
@@ -354,12 +316,20 @@ def load_package(path: Path, *, name: str | None = None, trust_code: bool = Fals
         ids = [t.id for t in outputs]
         if declared["output_name"] in ids:
             out_index = ids.index(declared["output_name"])
-    tout = outputs[out_index]
+    return outputs[out_index]
+
+
+def _check_axes(rdf: Path, tin: PackageTensor, tout: PackageTensor) -> None:
+    """The input axes must be letters from 'bczyx', and the output's the same letters."""
     if set(tin.axes) - set("bczyx"):
         raise ModelError(f"{rdf}: input axes {tin.axes!r} are not supported (letters from 'bczyx')")
     if sorted(tout.axes) != sorted(tin.axes):
         raise ModelError(f"{rdf}: output axes {tout.axes!r} differ from input axes {tin.axes!r}")
 
+
+def _declare_from_tensors(rdf: Path, declared: dict, tin: PackageTensor, tout: PackageTensor, notes: list) -> None:
+    """Fill the fields the segrank config leaves open from the tensor descriptions: axes,
+    channels, preprocessing, activation and tiling (what they cannot tell is left to the graph)."""
     declared.setdefault("axes", tin.axes)
     if tin.channels is not None:
         declared.setdefault("in_channels", int(tin.channels))
@@ -378,6 +348,9 @@ def load_package(path: Path, *, name: str | None = None, trust_code: bool = Fals
         elif tout.halo:
             notes.append(("tiling", f"tiling: declared halo {tout.halo} kept, shape rules inferred"))
 
+
+def _declare_test_tensors(root: Path, declared: dict, tin: PackageTensor, tout: PackageTensor) -> None:
+    """Declare the test input and output: the config's, else the description's (checked against their sha256)."""
     tests_in, tests_out = declared.get("test_inputs"), declared.get("test_outputs")
     if tests_in is None and tin.test:
         tests_in = (resolve_inside(root, str(tin.test), what="test input"),)
@@ -387,35 +360,21 @@ def load_package(path: Path, *, name: str | None = None, trust_code: bool = Fals
         check_sha256(tests_out[0], tout.test_sha)
     declared["test_inputs"], declared["test_outputs"] = tuple(tests_in or ()), tuple(tests_out or ())
 
-    example = None
+
+def _example_shape(declared: dict, axes: str) -> tuple[int, ...] | None:
+    """An input shape to convert torch weights with: the test input's, else the smallest the tiling allows."""
     if declared["test_inputs"]:
         try:
-            example = tuple(np.load(declared["test_inputs"][0], mmap_mode="r", allow_pickle=False).shape)
+            return tuple(np.load(declared["test_inputs"][0], mmap_mode="r", allow_pickle=False).shape)
         except Exception as err:
             raise ModelError(f"{declared['test_inputs'][0]}: not a readable .npy test tensor ({err})") from None
-    elif "tiling" in declared:
+    if "tiling" in declared:
         t = declared["tiling"]
         spatial = iter(t.fixed or t.minimum)
-        example = tuple(1 if a == "b" else declared.get("in_channels", 1) if a == "c" else next(spatial) for a in tin.axes)
-    onnx_path, base, weight_notes = _weights(
-        rdf, root, data, trust_code=trust_code, example_shape=example, axes=tin.axes, tiling=declared.get("tiling")
-    )
-    notes += weight_notes
-    if "card" not in declared:
-        declared["card"] = {
-            k: data[k] for k in ("name", "id", "description", "license", "tags", "training_data", "format_version") if k in data
-        }
-    source_note = [n for n in notes if n[0] == "source"]
-    notes = [n for n in notes if n[0] != "source"]
-    model = load_onnx(
-        onnx_path,
-        name=name or declared.pop("name", None) or str(data.get("name") or root.name),
-        declared=declared,
-        source="bioimageio",
-        root=base,
-        package=root,
-        notes=tuple(notes),
-    )
-    if source_note:
-        model = model.with_(card={**(model.card or {}), "converted": source_note[0][1]})
-    return model
+        return tuple(1 if a == "b" else declared.get("in_channels", 1) if a == "c" else next(spatial) for a in axes)
+    return None
+
+
+def _card(data: dict) -> dict:
+    """The model card: the description's name, id, description, license, tags, training data and version."""
+    return {k: data[k] for k in ("name", "id", "description", "license", "tags", "training_data", "format_version") if k in data}

@@ -5,7 +5,7 @@ import csv
 from collections import defaultdict
 
 from .html import write_html
-from .plots import plot_distributions, plot_examples, plot_ranking
+from .plots import plot_agreement, plot_distributions, plot_examples, plot_ranking
 from .tables import format_table, write_ranking_csv, write_ranking_json
 
 
@@ -24,6 +24,10 @@ def write_outputs(ranking, *, report: bool = True, examples: list[dict] | None =
     if examples:
         figures.append(out / "examples.png")
         plot_examples(examples, figures[-1])
+    if document.get("consensus"):
+        c = document["consensus"]
+        figures.append(out / "agreement.png")
+        plot_agreement(c["models"], c["matrix"], c["groups"], figures[-1])
     write_html(document, out, figures)
 
 
@@ -39,6 +43,9 @@ def _per_unit_scores(ranking):
     per_unit: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (pert, model, _unit), vals in sums.items():
         per_unit[pert][model].append(sum(vals) / len(vals))
+    for setting, by_model in (ranking.unit_scores or {}).items():  # scores not in per_image.csv
+        for model, values in by_model.items():
+            per_unit[setting][model] = [v for v in values if v == v]
     order = {}
     for r in ranking.rows:
         order.setdefault(r["perturbation"], []).append(r["name"])

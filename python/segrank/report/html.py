@@ -24,16 +24,21 @@ def write_html(document: dict, out: Path, figures: list[Path]) -> Path:
         "<h1>segrank: model ranking</h1>",
         f"<p>Target <code>{html.escape(str(document['settings'].get('target')))}</code>, bank "
         f"<code>{html.escape(str(document['settings'].get('bank')))}</code>, segrank {html.escape(document['segrank_version'])}. "
-        "Higher score = prediction more consistent under perturbation = expected to transfer better. "
-        "Intervals are 95% bootstrap intervals over images; p_best is the bootstrap probability of being the best.</p>",
+        "Each setting is ranked on its own. CTE: higher score = prediction more consistent under the "
+        "perturbation. Consensus: higher score = more agreement with the other models of the bank on the "
+        "same images. Intervals are 95% bootstrap intervals over images (or volume blocks); p_best is the "
+        "bootstrap probability of being the best.</p>",
     ]
+    parts += _warnings(document) + _truth(document)
     for pert in dict.fromkeys(r["perturbation"] for r in rows):
         block = [r for r in rows if r["perturbation"] == pert]
-        parts.append(f"<h2>Perturbation {html.escape(pert)}</h2><table><tr>")
-        parts.append("".join(f"<th>{h}</th>" for h in head) + "</tr>")
+        columns = head + (CONSENSUS_COLUMNS if pert == "consensus" else ())
+        title = "Consensus (agreement with the bank)" if pert == "consensus" else f"CTE, perturbation {pert}"
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
+        parts.append("".join(f"<th>{h}</th>" for h in columns) + "</tr>")
         for r in block:
             cells = []
-            for h in head:
+            for h in columns:
                 v = r.get(h)
                 cells.append(f"<td>{'' if v is None else (f'{v:.4f}' if isinstance(v, float) else html.escape(str(v)))}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
@@ -52,6 +57,33 @@ def write_html(document: dict, out: Path, figures: list[Path]) -> Path:
     path = out / "report.html"
     path.write_text("\n".join(parts))
     return path
+
+
+CONSENSUS_COLUMNS = ("relative_mask_size", "group", "weight")
+
+
+def _warnings(document: dict) -> list[str]:
+    consensus = document.get("consensus") or {}
+    notes = list(consensus.get("warnings", []))
+    if not notes:
+        return []
+    return ["<ul>"] + [f"<li class='note'>{html.escape(n)}</li>" for n in notes] + ["</ul>"]
+
+
+def _truth(document: dict) -> list[str]:
+    """How far each ranking agrees with a known truth (labels of the target), when given."""
+    truth = document.get("truth")
+    if not truth:
+        return []
+    parts = ["<h2>Against the true ranking (labels)</h2><table><tr><th>setting</th><th>Spearman</th>"
+             "<th>Kendall</th><th>first pick</th><th>true best</th><th>regret</th></tr>"]
+    for setting, t in truth.items():
+        parts.append(f"<tr><td>{html.escape(setting)}</td><td>{t['spearman']:+.2f}</td><td>{t['kendall']:+.2f}</td>"
+                     f"<td>{html.escape(t['first_pick'])}</td><td>{html.escape(t['true_best'])}</td>"
+                     f"<td>{t['regret']:.3f}</td></tr>")
+    parts.append("</table><p>Regret: the true score of the best model minus that of the first pick. "
+                 "A label-free ranking shortlists; it rarely picks the best model for sure.</p>")
+    return parts
 
 
 def _settings_text(settings: dict) -> str:

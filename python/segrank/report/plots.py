@@ -58,6 +58,24 @@ def plot_distributions(per_unit: dict[str, dict[str, list[float]]], order: dict[
     plt.close(fig)
 
 
+def plot_agreement(names: list[str], matrix: list[list[float | None]], groups: list[int], path: Path) -> None:
+    """The model x model agreement (median over units) as a heatmap, models sorted by group."""
+    plt = _pyplot()
+    order = sorted(range(len(names)), key=lambda i: (groups[i], names[i]))
+    m = np.array([[np.nan if matrix[i][j] is None else matrix[i][j] for j in order] for i in order], dtype=float)
+    size = 0.35 * len(names) + 2.5
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(m, cmap="viridis", vmin=np.nanmin(m) if np.isfinite(m).any() else 0, vmax=1.0)
+    labels = [f"{names[i]} (g{groups[i]})" for i in order]
+    ax.set_xticks(range(len(order)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(order)), labels, fontsize=7)
+    ax.set_title("agreement between models (median over units)", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_examples(examples: list[dict], path: Path) -> None:
     """Rows of (image, unperturbed, perturbed prediction) tiles, e.g. for the best and worst model."""
     plt = _pyplot()
