@@ -86,7 +86,7 @@ def test_failing_model_is_recorded_and_others_ranked(noise_bank, blob_target, tm
     write_sidecar(nan_model(noise_bank / "broken.onnx"))
     ranking = rank(noise_bank, blob_target, out=tmp_path / "run", perturbations=["noise:0.1-0.2"], progress=False, n_boot=50)
     rows = _scores(ranking)
-    assert rows["broken"]["status"] == "failed" and rows["broken"]["rank"] == 3
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["rank"] is None  # issue 13: failed models get no rank
     assert rows["smooth"]["rank"] == 1
     assert any(f["model"] == "broken" and "NaN" in f["error"] for f in ranking.failures)
     doc = json.loads((tmp_path / "run" / "ranking.json").read_text())

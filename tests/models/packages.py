@@ -146,3 +146,12 @@ def zip_folder(folder: Path, out: Path) -> Path:
             if path.is_file():
                 zf.write(path, path.relative_to(folder).as_posix())
     return out
+
+
+def zip_folder_plain(folder: Path, out: Path) -> Path:
+    """Like `zip_folder`, but written as `ZipFile.writestr(name, data)` writes: no file-type mode bits."""
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.writestr(path.relative_to(folder).as_posix(), path.read_bytes())
+    return out

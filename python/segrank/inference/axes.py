@@ -15,28 +15,31 @@ def check_axes(model: Model, axes: str, shape: Sequence[int], *, where: str = "i
     """
     spatial = "".join(a for a in axes if a in "zyx")
     sizes = dict(zip(axes, shape))
-    problem = None
+    problem = hint = None
     if model.ndim == 3 and len(spatial) < 3:
-        problem = "the model is 3D and the image has no z axis"
+        problem, hint = "the model is 3D and the image has no z axis", "if the image is a volume, give its axes (--axes zyx)"
     elif model.ndim not in (2, 3):
-        problem = f"the model has {model.ndim} spatial axes"
+        problem, hint = f"the model has {model.ndim} spatial axes", "only 2D and 3D models are supported"
     elif sizes.get("c", 1) != model.in_channels:
         problem = f"the image has {sizes.get('c', 1)} channel(s), the model takes {model.in_channels}"
+        hint = (f"convert the images to {model.in_channels} channel(s), or give --axes if that axis is not channels "
+                "(e.g. --axes zyx for a stack of slices)")
     if problem:
         raise InputError(
             f"{where}: image axes {axes!r} (shape {tuple(shape)}) do not fit model {model.name!r} "
-            f"with axes {model.axes!r}: {problem}; give the image's axes (e.g. --axes zyx)"
+            f"with axes {model.axes!r}: {problem}; {hint}"
         )
 
 
-def channel_first(image, axes: str | None, model: Model):
-    """(data as (C, *spatial), spatial axes, name, where) for a TargetImage or an array."""
+def channel_first(image, axes: str | None, model: Model, *, where: str = "image"):
+    """(data as (C, *spatial), spatial axes, name, where) for a TargetImage or an array (which
+    messages call `where`)."""
     from ..io.targets import TargetImage, canonical_axes
 
     if isinstance(image, TargetImage):
         data, axes, name, where = image.data, image.axes, image.name, f"{image.source} [{image.name}]"
     else:
-        data, name, where = image, "image", "image"
+        data, name = image, "image"
         if axes is None:
             if data.ndim == model.ndim:
                 axes = model.spatial_axes

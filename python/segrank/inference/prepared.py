@@ -117,8 +117,9 @@ def prepare_image(
 
     target = image if isinstance(image, TargetImage) else None
     if target is not None and pixels is not None:
-        data, spatial_axes, _, _ = channel_first(pixels, target.axes, model)
-        name, where, origin = target.name, f"{target.source} [{target.name}]", target.source
+        where = f"{target.source} [{target.name}]"
+        data, spatial_axes, _, _ = channel_first(pixels, target.axes, model, where=where)
+        name, origin = target.name, target.source
         source = BlockSource(data)
     else:
         data, spatial_axes, name, where = channel_first(image, axes, model)
@@ -138,6 +139,8 @@ def prepare_image(
             if keep_pixels is not None and sample.complete and sample.values.nbytes <= keep_pixels[0]:
                 keep_pixels[0] -= sample.values.nbytes
                 source = source.with_pixels(sample.values.reshape(data.shape))
+        if sample.values.dtype.kind == "f" and not np.isfinite(sample.values).all():
+            raise InputError(f"{where}: NaN or infinite pixels in the image; segrank needs finite intensities")
         if norm is None:
             norm = normalization(model.preprocessing, sample)
         digest, complete = sample.digest, sample.complete

@@ -43,4 +43,38 @@ class Failure:
         return self.to_json().get(key, default)
 
 
-__all__ = ["Failure", "Stage"]
+def common_cause(failures: list[Failure], models) -> str | None:
+    """An error every model failed with, the model's own name and file taken out (then the input
+    or the machine is the problem, not the models); None when there is none. With several such
+    errors (e.g. one per bad image), the first, and how many more."""
+    by_name = {m.name: m for m in models}
+    models_by_cause: dict[str, set] = {}
+    for f in failures:
+        text = f.error
+        model = by_name.get(f.model)
+        for own in ((str(model.path), model.name) if model is not None else (f.model,)):
+            text = text.replace(own, "<model>")
+        models_by_cause.setdefault(text, set()).add(f.model)
+    common = [c for c, failed in models_by_cause.items() if failed >= set(by_name)]
+    if not common:
+        return None
+    return common[0] + (f" (and {len(common) - 1} more error(s) like it)" if len(common) > 1 else "")
+
+
+def nothing_scored(failures: list[Failure], models, rows: list[dict]) -> str:
+    """Why a run scored no model at all, in one line."""
+    cause = common_cause(failures, models)
+    if cause is not None:
+        return f"no model was scored: every model failed the same way, so the input or the machine is the problem: {cause}"
+    failed = sorted({f.model for f in failures})
+    empty = sorted({r["name"] for r in rows if r["status"] == "predicts no foreground"})
+    parts = []
+    if failed:
+        first = next(f for f in failures if f.model == failed[0])
+        parts.append(f"{len(failed)} model(s) failed (e.g. {first.model}: {first.error})")
+    if empty:
+        parts.append(f"{len(empty)} predicted no foreground on any unit ({', '.join(empty[:5])})")
+    return "no model was scored: " + "; ".join(parts or ["nothing to score"])
+
+
+__all__ = ["Failure", "Stage", "common_cause", "nothing_scored"]

@@ -5,11 +5,12 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import SegrankError
 from ..scoring.consensus import resolve_similarity
 from ..scoring.options import ScoringOptions
 from .consensus import CONSENSUS, score_consensus
 from .execute import rank_executor
-from .failures import Failure
+from .failures import Failure, nothing_scored
 from .plan import DEFAULT_SCORE, check_options, check_scores, choose_perturbations, load_inputs, plan_tasks, run_settings
 from .rows import Ranking, compare_with_truth, consensus_rows, disagreement_warnings, ranking_rows
 from .rundir import RunDirectory
@@ -162,7 +163,13 @@ def rank(
                       truth=compare_with_truth(rows, json.loads(Path(truth).read_text())) if truth else None)
     write(ranking, models, images, specs, plan, report=report, options=dict(
         seed=seed, threshold=threshold, device=device, cache=prediction_cache), block=block, tile=tile, halo=halo)
+    if not any(r["n_scored"] for r in rows):
+        raise NothingScored(nothing_scored(failures, models, rows))
     return ranking
+
+
+class NothingScored(SegrankError):
+    """A run finished without scoring any model (its outputs are written, for inspection)."""
 
 
 def write(ranking: Ranking, models, images, specs, plan, *, report: bool, options: dict, block, tile, halo) -> None:

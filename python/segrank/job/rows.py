@@ -46,12 +46,14 @@ class Ranking:
 
 
 def per_perturbation(rows: list[dict]) -> list[dict]:
-    """Each perturbation setting is ranked on its own: its order and whether #1 stands apart."""
+    """Each setting is ranked on its own: its order (failed models are not ranked) and whether #1
+    stands apart."""
     out = []
     for pert in dict.fromkeys(r["perturbation"] for r in rows):
-        block = sorted((r for r in rows if r["perturbation"] == pert), key=lambda r: r["rank"])
+        block = sorted((r for r in rows if r["perturbation"] == pert and r["rank"] is not None),
+                       key=lambda r: r["rank"])
         out.append({"perturbation": pert, "ranking": [r["name"] for r in block],
-                    "top_two_separated": block[0].get("top_two_separated")})
+                    "top_two_separated": block[0].get("top_two_separated") if block else None})
     return out
 
 
@@ -95,11 +97,12 @@ def ranking_rows(models, images, specs, done, metrics, providers, failures, bloc
     for spec in specs:
         matrix = unit_matrix(models, units, str(spec), done, repeats)
         results, p_sep = aggregate([m.name for m in models], matrix, n_boot=n_boot, seed=seed, label=str(spec))
-        for rank_pos, i in enumerate(ranking_order(results), start=1):
+        block = []
+        for i in ranking_order(results):
             r, model = results[i], models[i]
-            rows.append({
+            block.append({
                 "name": r.name,
-                "rank": rank_pos,
+                "rank": None,
                 "score": r.score,
                 "ci_low": r.ci_low,
                 "ci_high": r.ci_high,
@@ -112,10 +115,24 @@ def ranking_rows(models, images, specs, done, metrics, providers, failures, bloc
                 "provider": providers.get(model.name),
                 "status": model_status(model.name, dropout=spec.is_dropout, failures=failures, images=images,
                                        n_scored=r.n_scored, score=r.score),
-                "top_two_separated": (p_sep is not None and p_sep >= 0.95) if rank_pos == 1 else None,
+                "top_two_separated": None,
                 "estimator": "cte",
             })
+        rows += assign_ranks(block, p_sep)
     return rows
+
+
+def assign_ranks(block: list[dict], p_sep: float | None) -> list[dict]:
+    """Ranks 1, 2, ... in the given order for every model that ran; a failed model (never scored)
+    gets no rank and comes after every other. `top_two_separated` on the first ranked row: the
+    bootstrap P(#1 beats #2) >= 0.95 (None when the bootstrap is not available)."""
+    ran = [r for r in block if r["status"] != "failed"]
+    failed = [r for r in block if r["status"] == "failed"]
+    for position, r in enumerate(ran, start=1):
+        r["rank"] = position
+    if ran:
+        ran[0]["top_two_separated"] = None if p_sep is None else p_sep >= 0.95
+    return ran + failed
 
 
 def consensus_rows(models, images, block, agreement: list[dict], *, similarity: str, rounds: int, providers,
@@ -138,21 +155,22 @@ def consensus_rows(models, images, block, agreement: list[dict], *, similarity: 
     scores, p_sep = aggregate(names, result.per_unit, n_boot=n_boot, seed=seed, label=CONSENSUS)
     groups = agreement_groups(result.matrix)
     rows = []
-    for rank_pos, i in enumerate(ranking_order(scores), start=1):
+    for i in ranking_order(scores):
         r, model = scores[i], models[i]
         rows.append({
-            "name": r.name, "rank": rank_pos, "score": r.score, "ci_low": r.ci_low, "ci_high": r.ci_high,
+            "name": r.name, "rank": None, "score": r.score, "ci_low": r.ci_low, "ci_high": r.ci_high,
             "p_best": r.p_best, "n_images": len(images), "n_units": r.n_units, "n_scored": r.n_scored,
             "perturbation": CONSENSUS, "metric": similarity, "provider": providers.get(model.name),
             "status": model_status(model.name, dropout=False, failures=failures, images=images,
                                    n_scored=r.n_scored, score=r.score),
-            "top_two_separated": (p_sep is not None and p_sep >= 0.95) if rank_pos == 1 else None,
+            "top_two_separated": None,
             "estimator": CONSENSUS,
             "weight": float(result.weights[i]),
             "group": int(groups[i]),
             "relative_mask_size": None if not np.isfinite(result.relative_mask_size[i])
             else float(result.relative_mask_size[i]),
         })
+    rows = assign_ranks(rows, p_sep)
     share = majority_share(groups)
     diagnostics = {
         "similarity": similarity, "rounds": rounds, "models": names,
@@ -183,7 +201,7 @@ def compare_with_truth(rows: list[dict], performance: dict) -> dict:
     true = {r["name"]: r["score"] for r in performance["models"]}
     out = {}
     for setting in dict.fromkeys(r["perturbation"] for r in rows):
-        block = [r for r in rows if r["perturbation"] == setting and r["name"] in true]
+        block = [r for r in rows if r["perturbation"] == setting and r["name"] in true and r["rank"] is not None]
         if len(block) < 3:
             continue
         result = rank_agreement([r["score"] for r in block], [true[r["name"]] for r in block], n_permutations=1000)

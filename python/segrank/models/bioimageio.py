@@ -27,12 +27,21 @@ WEIGHT_PRIORITY = ("onnx", "torchscript", "pytorch_state_dict")
 
 
 def find_description(folder: Path) -> Path | None:
-    """The description file of a package folder (rdf.yaml, bioimageio.yaml or *.bioimageio.yaml)."""
+    """The description file of a package folder (rdf.yaml, bioimageio.yaml or *.bioimageio.yaml).
+
+    A symbolic link is found too (even a dangling one), so that opening the package refuses
+    it (`_checked_description`) rather than following it or calling the folder no package.
+    """
     for name in DESCRIPTION_NAMES:
-        if (folder / name).is_file():
+        if (folder / name).is_file() or (folder / name).is_symlink():
             return folder / name
     found = sorted(folder.glob("*.bioimageio.yaml"))
     return found[0] if len(found) == 1 else None
+
+
+def _checked_description(root: Path, rdf: Path) -> tuple[Path, Path]:
+    """(root, rdf) once the description is a regular file in `root` itself, not a link out of it."""
+    return root, resolve_inside(root, rdf.name, what="description file")
 
 
 def is_package(path: Path) -> bool:
@@ -58,7 +67,7 @@ def _open(path: Path) -> tuple[Path, Path]:
         rdf = find_description(path)
         if rdf is None:
             raise ModelError(f"{path}: no rdf.yaml or bioimageio.yaml in the folder")
-        return path, rdf
+        return _checked_description(path, rdf)
     if path.suffix.lower() == ".zip":
         if not path.is_file():
             raise ModelError(f"{path}: no such file")
@@ -70,12 +79,12 @@ def _open(path: Path) -> tuple[Path, Path]:
         if rdf is None:  # packages zipped with their folder
             subs = [p for p in dest.iterdir() if p.is_dir() and not p.is_symlink()]
             if len(subs) == 1 and find_description(subs[0]) is not None:
-                return subs[0], find_description(subs[0])
+                return _checked_description(subs[0], find_description(subs[0]))
             raise ModelError(f"{path}: the zip holds no rdf.yaml or bioimageio.yaml")
-        return dest, rdf
-    if not path.is_file():
+        return _checked_description(dest, rdf)
+    if not path.is_file() and not path.is_symlink():
         raise ModelError(f"{path}: no such file or folder")
-    return path.parent, path
+    return _checked_description(path.parent, path)
 
 
 def _version(rdf: Path, data: dict) -> tuple[int, int]:

@@ -5,6 +5,8 @@ import base64
 import html
 from pathlib import Path
 
+from .tables import notes
+
 
 def _img(path: Path) -> str:
     if not path.exists():
@@ -43,9 +45,7 @@ def write_html(document: dict, out: Path, figures: list[Path]) -> Path:
                 cells.append(f"<td>{'' if v is None else (f'{v:.4f}' if isinstance(v, float) else html.escape(str(v)))}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</table>")
-        if block[0].get("top_two_separated") is False and len(block) > 1:
-            parts.append("<p class='note'>The top two models cannot be told apart on this target "
-                         "(bootstrap probability that #1 beats #2 is below 0.95).</p>")
+        parts += [f"<p class='note'>{html.escape(n[0].upper() + n[1:])}.</p>" for n in notes(block)]
     if document.get("failures"):
         parts.append("<h2>Failures</h2><ul>")
         parts += [f"<li>{html.escape(f['model'])} ({html.escape(f['stage'])}): {html.escape(f['error'])}</li>"

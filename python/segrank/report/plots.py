@@ -28,9 +28,12 @@ def plot_ranking(rows: list[dict], path: Path) -> None:
             if r["score"] is None:
                 ax.text(0.0, yi, " no score", va="center", fontsize=8, color="grey")
                 continue
+            if r["ci_low"] is None:  # too few units for an interval
+                ax.plot(r["score"], yi, "o", color="C0")
+                continue
             ax.errorbar(r["score"], yi, xerr=[[r["score"] - r["ci_low"]], [r["ci_high"] - r["score"]]],
                         fmt="o", color="C0", capsize=3)
-        ax.set_yticks(y, [f"{r['rank']}. {r['name']}" for r in block], fontsize=8)
+        ax.set_yticks(y, [f"{r['rank'] or '-'}. {r['name']}" for r in block], fontsize=8)
         ax.set_xlabel(f"consistency ({block[0]['metric']})")
         ax.set_title(pert, fontsize=10)
         ax.grid(axis="x", alpha=0.3)

@@ -25,6 +25,21 @@ def write_ranking_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def notes(block: list[dict]) -> list[str]:
+    """What a reader of one setting's ranking must know: the top two cannot be told apart, or the
+    target has too few units for intervals at all."""
+    from ..scoring.aggregate import MIN_UNITS
+
+    ranked = [r for r in block if r["rank"] is not None]
+    out = []
+    if ranked and ranked[0]["n_units"] < MIN_UNITS:
+        out.append(f"intervals and p_best need at least {MIN_UNITS} units (images or volume blocks); this target "
+                   f"has {ranked[0]['n_units']}: add images, or give a smaller --block for a volume")
+    elif ranked and ranked[0].get("top_two_separated") is False and len(ranked) > 1:
+        out.append("the top two models cannot be told apart (bootstrap P(#1 > #2) < 0.95)")
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
     """A readable ranking table for the terminal, one block per perturbation setting."""
     lines = []
@@ -34,17 +49,15 @@ def format_table(rows: list[dict]) -> str:
         width = max(len("model"), *(len(r["name"]) for r in block))
         lines.append(f"  {'rank':>4}  {'model':<{width}}  {'score':>6}  {'95% interval':>15}  {'p_best':>6}  {'scored':>7}")
         for r in block:
-            if r["score"] is None:
-                score, ci = "  -   ", f"{'':>15}"
-            else:
-                score, ci = f"{r['score']:.4f}", f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            score = "  -   " if r["score"] is None else f"{r['score']:.4f}"
+            ci = f"{'n/a':>15}" if r["ci_low"] is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            p_best = "n/a" if r["p_best"] is None else f"{r['p_best']:.2f}"
             note = "" if r["status"] == "ok" else f"  ({r['status']})"
+            rank = "-" if r["rank"] is None else r["rank"]
             lines.append(
-                f"  {r['rank']:>4}  {r['name']:<{width}}  {score:>6}  {ci:>15}  {r['p_best']:>6.2f}  "
+                f"  {rank:>4}  {r['name']:<{width}}  {score:>6}  {ci:>15}  {p_best:>6}  "
                 f"{r['n_scored']:>3}/{r['n_units']:<3}{note}"
             )
-        top = block[0]
-        if top.get("top_two_separated") is False and len(block) > 1:
-            lines.append("  note: the top two models cannot be told apart (bootstrap P(#1 > #2) < 0.95)")
+        lines += [f"  note: {n}" for n in notes(block)]
         lines.append("")
     return "\n".join(lines).rstrip()

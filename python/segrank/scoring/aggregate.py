@@ -8,21 +8,25 @@ import numpy as np
 
 from ..perturb.seeds import rng
 
+# A bootstrap over fewer units than this says nothing: intervals and P(best) are not given.
+MIN_UNITS = 5
+
 
 @dataclass(frozen=True)
 class ModelScore:
     """Aggregate of one model under one perturbation setting.
 
     score is the median over scored units (None when no unit has a score); ci_low/ci_high is
-    the bootstrap 95% interval of that median; p_best the bootstrap probability that this model
-    has the highest median of the bank.
+    the bootstrap 95% interval of that median (None with fewer than `MIN_UNITS` scored units);
+    p_best the bootstrap probability that this model has the highest median of the bank (None
+    when the target has fewer than `MIN_UNITS` units).
     """
 
     name: str
     score: float | None
     ci_low: float | None
     ci_high: float | None
-    p_best: float
+    p_best: float | None
     n_units: int
     n_scored: int
 
@@ -48,7 +52,7 @@ def aggregate(
     model_scores : list of ModelScore, in the order of `names`.
     p_top_separated : float or None
         Bootstrap probability that the top-ranked model's median beats the second's (None with
-        fewer than two scored models).
+        fewer than two scored models, or fewer than `MIN_UNITS` units).
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(len(names), -1)
     n_models, n_units = scores.shape
@@ -70,24 +74,27 @@ def aggregate(
     share = winners / np.maximum(winners.sum(axis=0, keepdims=True), 1)
     p_best = share.mean(axis=1) if n_boot else np.zeros(n_models)
 
+    enough = n_units >= MIN_UNITS
     out = []
     for m, name in enumerate(names):
         ok = ~np.isnan(boot[m])
         lo, hi = (np.percentile(boot[m][ok], [2.5, 97.5]) if ok.any() else (np.nan, np.nan))
+        if scored[m].sum() < MIN_UNITS:
+            lo = hi = np.nan
         out.append(
             ModelScore(
                 name=name,
                 score=_opt(medians[m]),
                 ci_low=_opt(lo),
                 ci_high=_opt(hi),
-                p_best=float(p_best[m]),
+                p_best=float(p_best[m]) if enough else None,
                 n_units=int(n_units),
                 n_scored=int(scored[m].sum()),
             )
         )
     order = ranking_order(out)
     p_sep = None
-    if len(order) >= 2 and out[order[1]].score is not None:
+    if enough and len(order) >= 2 and out[order[1]].score is not None:
         a, b = boot[order[0]], boot[order[1]]
         p_sep = float(np.mean(np.nan_to_num(a, nan=-np.inf) > np.nan_to_num(b, nan=-np.inf)))
     return out, p_sep
@@ -105,4 +112,4 @@ def _opt(x) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-__all__ = ["ModelScore", "aggregate", "ranking_order"]
+__all__ = ["MIN_UNITS", "ModelScore", "aggregate", "ranking_order"]
