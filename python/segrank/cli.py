@@ -92,14 +92,17 @@ def cmake_dir_cmd():
               help="Consensus: similarity of two models' predictions (auto: map for instance banks, else dice).")
 @click.option("--rounds", type=click.IntRange(min=0), default=0, show_default=True,
               help="Consensus: re-weighting rounds (0: every model weighs the same).")
+@click.option("--output-space", default=None,
+              help="Declare that every model of the bank predicts this output space (e.g. a bioimage.io package "
+                   "beside sidecar models that name it differently).")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A performance.json (segrank evaluate) of this bank on this target: show how far each ranking "
                    "agrees with it (--example uses the example's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, truth, as_json,
-             no_progress):
+             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, output_space, truth,
+             as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
     from .job import rank
     from .job.plan import DEFAULT_SCORE
@@ -121,7 +124,8 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
                    scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress,
-                   score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds, truth=truth)
+                   score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds, truth=truth,
+                   output_space=output_space)
     if cache and not no_progress:
         p = ranking.predictions
         click.echo(f"segrank: cache {cache}: {p['reused']} tile predictions reused, {p['computed']} computed", err=True)
@@ -154,11 +158,12 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
 @click.option("--json", "as_json", is_flag=True, help="Print performance.json to stdout.")
 @click.option("--baselines", "with_baselines", is_flag=True,
               help="Also write OUT/baselines.json: confidence, entropy, LEEP, CCFV (validate takes it as a ranking).")
-def evaluate_cmd(bank, target, labels, out, device, axes, as_json, with_baselines):
+@click.option("--output-space", default=None, help="Declare that every model of the bank predicts this output space.")
+def evaluate_cmd(bank, target, labels, out, device, axes, as_json, with_baselines, output_space):
     """True performance of every model of BANK on TARGET against LABELS (F1 or mAP)."""
     from .evaluate.job import evaluate
 
-    rows = evaluate(bank, target, labels=labels, out=out, device=device, axes=axes)
+    rows = evaluate(bank, target, labels=labels, out=out, device=device, axes=axes, output_space=output_space)
     if with_baselines:
         from .evaluate.baselines import baselines
 

@@ -72,3 +72,23 @@ def test_missing_bank_and_package_as_bank(tmp_path):
     onnx_package(tmp_path / "pkg")
     with pytest.raises(ModelError, match="is one bioimage.io package"):
         load_bank(tmp_path / "pkg")
+
+
+def test_a_package_with_an_assumed_space_is_kept_once_the_user_declares_it(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, name in enumerate(["alpha", "beta"]):
+        unet(folder / f"{name}.onnx", seed=i)
+        _sidecar(folder / f"{name}.onnx", name=name, output_space="nuclei-foreground")
+    onnx_package(tmp_path / "pkg", config={"name": "gamma"})  # declares no output space: assumed
+    zip_folder(tmp_path / "pkg", folder / "gamma.zip")
+    models, problems = load_bank(folder)
+    assert [m.name for m in models] == ["alpha", "beta"]
+    (problem,) = problems
+    assert problem.name == "gamma" and "assumed" in problem.message
+    assert "--output-space nuclei-foreground" in problem.message and "bank.yaml" in problem.message
+    models, problems = load_bank(folder, output_space="nuclei-foreground")
+    assert sorted(m.name for m in models) == ["alpha", "beta", "gamma"] and not problems
+    (folder / "bank.yaml").write_text("output_space: nuclei-foreground\n")
+    models, problems = load_bank(folder)
+    assert len(models) == 3 and not problems

@@ -38,7 +38,8 @@ def check_scores(score) -> tuple[str, ...]:
     return tuple(dict.fromkeys(scores))
 
 
-def load_inputs(bank, target, *, axes: str | None, max_images: int | None, seed: int) -> tuple[list, list, list[Failure]]:
+def load_inputs(bank, target, *, axes: str | None, max_images: int | None, seed: int,
+                output_space: str | None = None) -> tuple[list, list, list[Failure]]:
     """(usable models, images to score, models that did not load) of a bank and a target."""
     from ..io.targets import open_target
     from ..models import load_bank
@@ -47,10 +48,11 @@ def load_inputs(bank, target, *, axes: str | None, max_images: int | None, seed:
     if isinstance(bank, (list, tuple)):
         models = list(bank)
     else:
-        models, problems = load_bank(bank)
+        models, problems = load_bank(bank, output_space=output_space)
         failures += [Failure(p.name, Stage.LOAD, p.message) for p in problems]
     if not models:
-        raise SegrankError(f"{bank}: no usable model in the bank")
+        reasons = "; ".join(f"{f.model}: {f.error}" for f in failures) or "no model file found"
+        raise SegrankError(f"{bank}: no usable model in the bank ({reasons})")
     images = list(open_target(target, axes=axes).images)
     if not images:
         raise SegrankError(f"{target}: no image found")

@@ -41,6 +41,7 @@ def rank(
     similarity: str = "auto",
     rounds: int = 0,
     truth=None,
+    output_space: str | None = None,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -102,6 +103,8 @@ def rank(
         (instance labels) for instance banks, dice for semantic ones.
     rounds : int
         Re-weighting rounds of the consensus score (0: every model weighs the same).
+    output_space : str, optional
+        Declare that every model of the bank predicts this output space (`models.load_bank`).
     truth : path, optional
         A performance.json (`segrank evaluate`) of this bank on this target: ranking.json and the
         report then show how far each ranking agrees with it (the bundled example ships one).
@@ -120,7 +123,8 @@ def rank(
 
     block, scores = check_options(repeats, block), check_scores(score)
     run = RunDirectory(Path(out))
-    models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed)
+    models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed,
+                                           output_space=output_space)
     specs = choose_perturbations(list(perturbations), models)
     metrics = {m.name: resolve_metric(metric, m) for m in models}
     settings = run_settings(bank, target, models, images, specs, metric=metric, repeats=repeats, seed=seed,

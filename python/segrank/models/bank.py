@@ -89,7 +89,25 @@ def _describe(space: tuple[str, str, int]) -> str:
     return f"{space[0]}, {space[1]}, {space[2]}D"
 
 
-def load_bank(path, *, trust_code: bool = False, strict: bool = False) -> Bank:
+def declared_output_space(path: Path) -> str | None:
+    """The output space a bank folder declares for all of its models (``output_space:`` in its
+    bank.yaml), if any."""
+    import yaml
+
+    file = Path(path) / "bank.yaml"
+    if not Path(path).is_dir() or not file.is_file():
+        return None
+    try:
+        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ModelError(f"{file}: not a readable bank description ({err})") from None
+    space = doc.get("output_space") if isinstance(doc, dict) else None
+    if space is not None and not isinstance(space, str):
+        raise ModelError(f"{file}: output_space must be a name, got {space!r}")
+    return space
+
+
+def load_bank(path, *, trust_code: bool = False, strict: bool = False, output_space: str | None = None) -> Bank:
     """Load every model of a bank; problems are reported by name, never silently dropped.
 
     Parameters
@@ -100,6 +118,10 @@ def load_bank(path, *, trust_code: bool = False, strict: bool = False) -> Bank:
         Passed to `load_model` for every entry.
     strict : bool
         Raise `BankError` (one line listing every problem) instead of returning problems.
+    output_space : str, optional
+        Declare that every model predicts this output space (e.g. when a bioimage.io package,
+        whose space segrank can only assume, and sidecar models name the same thing
+        differently); default: a bank folder's bank.yaml ``output_space``, else each model's own.
 
     Returns
     -------
@@ -108,6 +130,7 @@ def load_bank(path, *, trust_code: bool = False, strict: bool = False) -> Bank:
         model left out.
     """
     entries = bank_entries(Path(path))
+    output_space = output_space or declared_output_space(Path(path))
     loaded: list[Model] = []
     problems: list[BankProblem] = []
     by_name: dict[str, Model] = {}
@@ -124,6 +147,8 @@ def load_bank(path, *, trust_code: bool = False, strict: bool = False) -> Bank:
             first = by_name[model.name]
             problems.append(BankProblem(model.name, f"{entry}: name {model.name!r} is already used by {first.path}; left out"))
             continue
+        if output_space is not None:
+            model = model.with_(output_space=output_space)
         by_name[model.name] = model
         loaded.append(model)
     if loaded:
@@ -135,10 +160,14 @@ def load_bank(path, *, trust_code: bool = False, strict: bool = False) -> Bank:
             if _space(model) == majority:
                 kept.append(model)
             else:
+                assumed = " (assumed: the model does not declare it)" if any(
+                    "output space" in a for a in model.assumptions) else ""
                 problems.append(
                     BankProblem(
                         model.name,
-                        f"{model.path}: output space ({_describe(_space(model))}) differs from the rest ({_describe(majority)}); left out",
+                        f"{model.path}: output space ({_describe(_space(model))}){assumed} differs from the rest "
+                        f"({_describe(majority)}); left out; if they are the same, declare it: --output-space "
+                        f"{majority[0]} (or output_space: {majority[0]} in the bank folder's bank.yaml)",
                     )
                 )
         loaded = kept
