@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, SegrankError
+from ..io.files import atomic_write
 from .correlation import rank_agreement, summarize
 from .performance import average_precision, foreground_f1
 
@@ -89,11 +91,12 @@ def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | Non
         print(f"segrank: {f.model} ({f.stage}): {f.error}", file=sys.stderr)
     document = {"models": rows, "target": str(target), "labels": str(labels),
                 "failures": [f.to_json() for f in failures]}
-    (out / "performance.json").write_text(json.dumps(document, indent=2))
-    with (out / "performance_per_image.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "image", "metric", "score"])
-        writer.writeheader()
-        writer.writerows(per_image)
+    atomic_write(out / "performance.json", json.dumps(document, indent=2))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["model", "image", "metric", "score"])
+    writer.writeheader()
+    writer.writerows(per_image)
+    atomic_write(out / "performance_per_image.csv", buffer.getvalue())
     return rows
 
 
@@ -159,8 +162,12 @@ def validate(pairs: list[tuple[Path, Path]], *, n_permutations: int = 10000, see
             missing = [r["name"] for r in rows if r["name"] not in true]
             if missing:
                 raise InputError(f"{performance_path}: no true score for {', '.join(missing)}")
-            result = rank_agreement([r["score"] for r in rows], [true[r["name"]] for r in rows],
-                                    n_permutations=n_permutations, seed=seed)
+            try:
+                result = rank_agreement([r["score"] for r in rows], [true[r["name"]] for r in rows],
+                                        n_permutations=n_permutations, seed=seed)
+            except ValueError as err:
+                raise InputError(f"{ranking_path} vs {performance_path}: {err} ({len(rows)} models in "
+                                 f"{pert or 'the ranking'})") from None
             per_setting.setdefault(pert, {})[f"{index}:{ranking_path}"] = result
     if not per_setting:
         raise SegrankError("validate: nothing to compare")

@@ -195,6 +195,42 @@ def score_consensus(models, images, sessions, options_of, *, run, executor, stor
     return predictions
 
 
+@dataclass
+class ConsensusOutcome:
+    """What the consensus stage gives the job: ranking rows, diagnostics, per-unit scores (for
+    the report) and the predictions it reused and computed."""
+
+    rows: list[dict]
+    diagnostics: dict
+    unit_scores: dict
+    predictions: dict
+
+
+def run_consensus(models, images, plan, run, executor, failures: list[Failure], *, metrics: dict, cache,
+                  options: dict) -> ConsensusOutcome:
+    """Store every model's unperturbed predictions (in `cache`, else OUT/predictions), score every
+    unit across models, and aggregate."""
+    from ..scoring.cache import PredictionCache
+    from ..scoring.consensus import resolve_similarity
+    from .rows import consensus_rows
+
+    o = options
+    # the consensus reads predictions back: its store is required (a full disk stops the run)
+    store = PredictionCache(cache.path if cache is not None else run.out / "predictions", required=True)
+    task = "instance" if all(m.task == "instance" for m in models) else "semantic"
+
+    def options_of(model: Model) -> ScoringOptions:
+        return ScoringOptions((), metrics[model.name], 1, o["seed"], o["threshold"], o["device"], o["threads"], store)
+
+    predictions = score_consensus(models, images, plan.sessions, options_of, run=run, executor=executor,
+                                  store=store.path, block=o["block"], tile=o["tile"], halo=o["halo"],
+                                  threshold=o["threshold"], failures=failures, progress=o["progress"])
+    rows, diagnostics, unit_scores = consensus_rows(
+        models, images, o["block"], run.agreement.read(), similarity=resolve_similarity(o["similarity"], task),
+        rounds=o["rounds"], providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"])
+    return ConsensusOutcome(rows, diagnostics, unit_scores, predictions)
+
+
 def _as_result(task, outcome) -> dict:
     """A task's result; an exception that ended it on a cluster becomes its failure."""
     if not isinstance(outcome, BaseException):
@@ -203,4 +239,5 @@ def _as_result(task, outcome) -> dict:
     return {"failure": task.failure(f"{type(outcome).__name__}: {first}")}
 
 
-__all__ = ["AgreementTask", "CONSENSUS", "StoreTask", "score_consensus", "store_tasks"]
+__all__ = ["AgreementTask", "CONSENSUS", "ConsensusOutcome", "StoreTask", "run_consensus", "score_consensus",
+           "store_tasks"]

@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 from ..errors import SegrankError
-from ..scoring.consensus import resolve_similarity
-from ..scoring.options import ScoringOptions
-from .consensus import CONSENSUS, score_consensus
+from ..io.files import disk_full_as_error
+from .consensus import CONSENSUS, run_consensus
 from .execute import rank_executor
 from .failures import Failure, nothing_scored
-from .plan import DEFAULT_SCORE, check_options, check_scores, choose_perturbations, load_inputs, plan_tasks, run_settings
-from .rows import Ranking, compare_with_truth, consensus_rows, disagreement_warnings, ranking_rows
+from .plan import (
+    DEFAULT_SCORE, check_options, check_scores, choose_perturbations, load_inputs, plan_tasks, run_settings,
+)
+from .rows import Ranking, compare_with_truth, disagreement_warnings, ranking_rows
 from .rundir import RunDirectory
 
 
@@ -123,53 +124,50 @@ def rank(
 
     block, scores = check_options(repeats, block), check_scores(score)
     run = RunDirectory(Path(out))
-    models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed,
-                                           output_space=output_space)
-    specs = choose_perturbations(list(perturbations), models)
-    metrics = {m.name: resolve_metric(metric, m) for m in models}
-    settings = run_settings(bank, target, models, images, specs, metric=metric, repeats=repeats, seed=seed,
-                            threshold=threshold, block=block, tile=tile, halo=halo, max_images=max_images,
-                            device=device, cache=cache)
-    settings.update(score=list(scores), similarity=similarity, rounds=rounds)
-    run.check_settings(settings)
-    prediction_cache = PredictionCache(cache) if cache is not None else None
-    if prediction_cache is not None:
-        prediction_cache.store  # a folder that is no Zarr group is refused before any work
-    done = run.done()
-    n_workers = len(gpus) if gpus else workers
-    threads = default_threads(n_workers) if n_workers else None
-    options = dict(device=device, repeats=repeats, seed=seed, threshold=threshold, cache=prediction_cache)
-    plan = plan_tasks(models, images, specs, metrics, done, options=options, block=block, tile=tile, halo=halo,
-                      in_memory=in_memory, threads=threads, cte="cte" in scores)
-    failures += plan.failures
-    executor = rank_executor(workers=workers, scheduler=scheduler, gpus=gpus, device=device,
-                             uses_cuda=bool(gpus) or CUDA in plan.providers.values())
-    predictions = predict_and_score(plan, executor, run, done, failures, progress=progress)
-    rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, block, n_boot, seed,
-                        repeats) if "cte" in scores else []
-    diagnostics = None
-    if CONSENSUS in scores:
-        store = prediction_cache or PredictionCache(run.out / "predictions")
-        resolved = resolve_similarity(similarity, "instance" if all(m.task == "instance" for m in models) else "semantic")
-        counts = score_consensus(models, images, plan.sessions, lambda m: ScoringOptions(
-            (), metrics[m.name], 1, seed, threshold, device, threads, store), run=run, executor=executor,
-            store=store.path, block=block, tile=tile, halo=halo, threshold=threshold, failures=failures, progress=progress)
-        predictions = {k: predictions[k] + counts[k] for k in predictions}
-        more, diagnostics, unit_scores = consensus_rows(
-            models, images, block, run.agreement.read(), similarity=resolved, rounds=rounds, providers=plan.providers,
-            failures=failures, n_boot=n_boot, seed=seed)
-        rows += more
-        diagnostics["warnings"] += disagreement_warnings(rows)
-        unit_scores = {CONSENSUS: unit_scores}
-    settings["provider"] = plan.providers
-    ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions,
-                      consensus=diagnostics, unit_scores=unit_scores if diagnostics else None,
-                      truth=compare_with_truth(rows, json.loads(Path(truth).read_text())) if truth else None)
-    write(ranking, models, images, specs, plan, report=report, options=dict(
-        seed=seed, threshold=threshold, device=device, cache=prediction_cache), block=block, tile=tile, halo=halo)
-    if not any(r["n_scored"] for r in rows):
-        raise NothingScored(nothing_scored(failures, models, rows))
-    return ranking
+    with run.lock(), disk_full_as_error(run.out):
+        models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed,
+                                               output_space=output_space)
+        specs = choose_perturbations(list(perturbations), models)
+        metrics = {m.name: resolve_metric(metric, m) for m in models}
+        settings = run_settings(bank, target, models, images, specs, metric=metric, repeats=repeats, seed=seed,
+                                threshold=threshold, block=block, tile=tile, halo=halo, max_images=max_images,
+                                device=device, cache=cache)
+        settings.update(score=list(scores), similarity=similarity, rounds=rounds)
+        run.check_settings(settings)
+        prediction_cache = PredictionCache(cache) if cache is not None else None
+        if prediction_cache is not None:
+            prediction_cache.store  # a folder that is no Zarr group is refused before any work
+        done = run.done()
+        n_workers = len(gpus) if gpus else workers
+        threads = default_threads(n_workers) if n_workers else None
+        options = dict(device=device, repeats=repeats, seed=seed, threshold=threshold, cache=prediction_cache)
+        plan = plan_tasks(models, images, specs, metrics, done, options=options, block=block, tile=tile, halo=halo,
+                          in_memory=in_memory, threads=threads, cte="cte" in scores)
+        failures += plan.failures
+        executor = rank_executor(workers=workers, scheduler=scheduler, gpus=gpus, device=device,
+                                 uses_cuda=bool(gpus) or CUDA in plan.providers.values())
+        predictions = predict_and_score(plan, executor, run, done, failures, progress=progress)
+        rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, block, n_boot, seed,
+                            repeats) if "cte" in scores else []
+        consensus = None
+        if CONSENSUS in scores:
+            consensus = run_consensus(
+                models, images, plan, run, executor, failures, metrics=metrics, cache=prediction_cache,
+                options=dict(seed=seed, threshold=threshold, device=device, threads=threads, block=block, tile=tile,
+                             halo=halo, similarity=similarity, rounds=rounds, n_boot=n_boot, progress=progress))
+            rows += consensus.rows
+            consensus.diagnostics["warnings"] += disagreement_warnings(rows)
+            predictions = {k: predictions[k] + consensus.predictions[k] for k in predictions}
+        settings["provider"] = plan.providers
+        ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions,
+                          consensus=consensus.diagnostics if consensus else None,
+                          unit_scores={CONSENSUS: consensus.unit_scores} if consensus else None,
+                          truth=compare_with_truth(rows, json.loads(Path(truth).read_text())) if truth else None)
+        write(ranking, models, images, specs, plan, report=report, options=dict(
+            seed=seed, threshold=threshold, device=device, cache=prediction_cache), block=block, tile=tile, halo=halo)
+        if not any(r["n_scored"] for r in rows):
+            raise NothingScored(nothing_scored(failures, models, rows))
+        return ranking
 
 
 class NothingScored(SegrankError):

@@ -1,12 +1,14 @@
 """The run directory of a ranking: settings.json, result rows appended as they come (CSV), resume."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 from pathlib import Path
 
 from ..errors import SegrankError
+from ..io.files import atomic_write
 
 PER_UNIT_FIELDS = ("model", "perturbation", "unit", "repeat", "score", "status")
 # Settings whose change alters results: a run directory refuses to resume under other values.
@@ -22,6 +24,8 @@ class RowFile:
         self.path, self.fields = Path(path), fields
 
     def read(self) -> list[dict]:
+        """The rows written so far. A torn last line is cut off; a garbled row elsewhere (one that
+        cannot come from a kill) is an error naming its line."""
         if not self.path.exists():
             return []
         raw = self.path.read_bytes()
@@ -29,7 +33,16 @@ class RowFile:
             with self.path.open("r+b") as f:
                 f.truncate(raw.rfind(b"\n") + 1)
         with self.path.open(newline="") as f:
-            return list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            if reader.fieldnames is not None and tuple(reader.fieldnames) != self.fields:
+                raise SegrankError(f"{self.path}: header {','.join(reader.fieldnames)} is not segrank's "
+                                   f"({','.join(self.fields)}); delete the file (its results are computed again)")
+            rows = list(reader)
+        for number, row in enumerate(rows, start=2):
+            if None in row or any(row.get(k) is None for k in self.fields):
+                raise SegrankError(f"{self.path} line {number}: garbled row (not {len(self.fields)} fields); delete "
+                                   "that line (its unit is computed again) or choose another --out")
+        return rows
 
     def append(self, rows: list[dict]) -> None:
         """Append the rows of one finished task in a single write."""
@@ -51,6 +64,8 @@ class RunDirectory:
         from ..scoring.consensus import AGREEMENT_FIELDS
 
         self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise SegrankError(f"{self.out}: exists and is not a folder; --out needs a folder (new or a run's)")
         self.out.mkdir(parents=True, exist_ok=True)
         self.per_unit = self.out / "per_image.csv"
         self._rows = RowFile(self.per_unit, PER_UNIT_FIELDS)
@@ -64,7 +79,11 @@ class RunDirectory:
         """
         path = self.out / "settings.json"
         if path.exists():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise SegrankError(f"{path}: damaged ({err}); delete it to go on with these settings, or choose "
+                                   "another --out") from None
             diff = [k for k in RESULT_SETTINGS if old.get(k) != settings.get(k)]
             if old.get("repeats", 1) > settings["repeats"]:
                 diff.append(f"repeats {old['repeats']} > {settings['repeats']}")
@@ -79,11 +98,46 @@ class RunDirectory:
                     f"{self.out}: holds a ranking made with other settings ({', '.join(diff)}); "
                     "choose another --out or delete it"
                 )
-        path.write_text(json.dumps(settings, indent=2))
+        atomic_write(path, json.dumps(settings, indent=2))
 
     def done(self) -> dict[tuple[str, str, str, int], dict]:
         """Rows already written, keyed by (model, perturbation, unit, repeat)."""
-        return {(r["model"], r["perturbation"], r["unit"], int(r["repeat"])): r for r in self._rows.read()}
+        rows = {}
+        for number, r in enumerate(self._rows.read(), start=2):
+            try:
+                rows[(r["model"], r["perturbation"], r["unit"], int(r["repeat"]))] = r
+                float(r["score"] or 0)
+            except ValueError:
+                raise SegrankError(f"{self.per_unit} line {number}: garbled row (repeat {r['repeat']!r}, score "
+                                   f"{r['score']!r}); delete that line (its unit is computed again)") from None
+        return rows
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder for this run: a second run into it at once stops with who holds it."""
+        import fcntl
+        import os
+        import socket
+        import time
+
+        path = self.out / ".lock"
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise SegrankError(f"{self.out}: in use by another segrank run ({holder}); wait for it to finish or "
+                               "choose another --out") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            yield self
+        finally:
+            handle.close()  # releases the lock
 
     def append(self, rows: list[dict]) -> None:
         """Append the rows of one finished task in a single write (a kill tears at most it)."""

@@ -5,6 +5,7 @@ import base64
 import html
 from pathlib import Path
 
+from ..io.files import atomic_write
 from .tables import notes
 
 
@@ -55,7 +56,7 @@ def write_html(document: dict, out: Path, figures: list[Path]) -> Path:
         parts.append(f"<h2>{html.escape(fig.stem.replace('_', ' '))}</h2>{_img(fig)}")
     parts.append("<h2>Settings</h2><pre>" + html.escape(_settings_text(document["settings"])) + "</pre></body></html>")
     path = out / "report.html"
-    path.write_text("\n".join(parts))
+    atomic_write(path, "\n".join(parts))
     return path
 
 

@@ -15,6 +15,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path, *, dpi: int) -> None:
+    """A PNG written whole (temporary file, then rename)."""
+    import io
+
+    from ..io.files import atomic_write
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write(path, buffer.getvalue())
+
+
 def plot_ranking(rows: list[dict], path: Path) -> None:
     """Median score and 95% bootstrap interval per model, one panel per perturbation."""
     plt = _pyplot()
@@ -38,7 +49,7 @@ def plot_ranking(rows: list[dict], path: Path) -> None:
         ax.set_title(pert, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -57,7 +68,7 @@ def plot_distributions(per_unit: dict[str, dict[str, list[float]]], order: dict[
         ax.set_title(pert, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -75,7 +86,7 @@ def plot_agreement(names: list[str], matrix: list[list[float | None]], groups: l
     ax.set_title("agreement between models (median over units)", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -94,5 +105,5 @@ def plot_examples(examples: list[dict], path: Path) -> None:
             ax.set_yticks([])
         row[0].set_ylabel(ex["label"].replace(" on ", "\non "), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path, dpi=90)
     plt.close(fig)

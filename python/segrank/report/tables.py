@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from ..io.files import atomic_write
 
 RANKING_FIELDS = (
     "name", "rank", "score", "ci_low", "ci_high", "p_best", "n_images", "n_scored",
@@ -12,17 +15,16 @@ RANKING_FIELDS = (
 
 
 def write_ranking_json(document: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=2))
-    tmp.replace(path)  # never leave a half-written ranking behind
+    atomic_write(path, json.dumps(document, indent=2))  # never leave a half-written ranking behind
 
 
 def write_ranking_csv(rows: list[dict], path: Path) -> None:
     fields = list(RANKING_FIELDS) + sorted({k for r in rows for k in r} - set(RANKING_FIELDS))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())
 
 
 def notes(block: list[dict]) -> list[str]:

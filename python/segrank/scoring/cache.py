@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +49,18 @@ class PredictionCache:
     path : str or Path
         The group's folder, created when missing. Several processes may share it (a local or
         shared file system).
+    required : bool
+        The run reads its predictions back (the consensus score): a full disk is an error. An
+        optional cache (the default) that fills up warns once and the run goes on without it.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, required: bool = False):
         self.path = str(Path(path))
+        self.required = required
         self._store = None
 
     def __getstate__(self):  # workers open their own store
-        return {"path": self.path, "_store": None}
+        return {"path": self.path, "required": self.required, "_store": None}
 
     def __repr__(self) -> str:
         return f"PredictionCache({self.path!r})"
@@ -79,8 +84,13 @@ class PredictionCache:
 
         key = prediction_key(model, input_digest, norm, blocking, perturb_key=perturbation,
                              seed=None if perturbation is None else seed, dropout_mask=mask)
-        return CachedRun.open(self.store, key, model.out_channels, blocking,
-                              dict(attributes or {}, model=model.name, perturbation=perturbation))
+        run = CachedRun.open(self.store, key, model.out_channels, blocking,
+                             dict(attributes or {}, model=model.name, perturbation=perturbation))
+        run.optional = not self.required
+        return run
+
+
+_FULL: set[str] = set()  # optional caches whose disk filled up, in this process
 
 
 class CachedRun:
@@ -89,6 +99,7 @@ class CachedRun:
     def __init__(self, store, name: str, blocking: Blocking, done: set):
         self.store, self.name, self.blocking, self.done = store, name, blocking, done
         self._array = None
+        self.optional = False  # an optional cache stops writing (with one warning) when its disk is full
 
     @classmethod
     def open(cls, store, key: str, channels: int, blocking: Blocking, attributes: dict) -> "CachedRun":
@@ -116,9 +127,19 @@ class CachedRun:
 
     def put(self, tile: Block, values: np.ndarray) -> None:
         """Store a computed tile, then mark it finished."""
-        if tile.index in self.done:
+        if tile.index in self.done or (self.optional and str(self.store.path) in _FULL):
             return
-        self.store.write_block(self.name, tile.inner, tile.index, values, array=self.array)
+        try:
+            self.store.write_block(self.name, tile.inner, tile.index, values, array=self.array)
+        except OSError as err:
+            from ..io.files import DISK_FULL, disk_full_message
+
+            if not (self.optional and err.errno in DISK_FULL):
+                raise
+            _FULL.add(str(self.store.path))
+            print(f"segrank: warning: {disk_full_message(err, self.store.path)}; going on without the cache",
+                  file=sys.stderr)
+            return
         self.done.add(tile.index)
 
     def read(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
