@@ -77,8 +77,9 @@ def cmake_dir_cmd():
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Run on a dask.distributed LocalCluster of N worker processes.")
 @click.option("--scheduler", default=None, help="Run on an existing dask.distributed scheduler (address).")
-@click.option("--block", default="64,256,256", show_default=True,
-              help="Scoring blocks of a volume, Z,Y,X: each is one unit, scored in bounded memory.")
+@click.option("--block", default=None,
+              help="Scoring blocks of a volume, Z,Y,X: each is one unit, scored in bounded memory "
+                   "(default 64,256,256; smaller when a target would have fewer than 8 units).")
 @click.option("--in-memory", is_flag=True, help="Predict each volume whole in memory (reference for small volumes).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Keep every prediction (unperturbed and perturbed) in this Zarr v3 folder, keyed by its content: "
@@ -118,7 +119,7 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
     elif not (bank and target):
         raise click.UsageError("give BANK and TARGET, or --example")
     try:
-        block = tuple(int(b) for b in block.split(","))
+        block = tuple(int(b) for b in block.split(",")) if block else None
     except ValueError:
         raise click.BadParameter(f"{block!r}: expected three integers Z,Y,X", param_hint="--block") from None
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,

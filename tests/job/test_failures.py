@@ -90,3 +90,18 @@ def test_one_image_gives_no_intervals_and_says_why(noise_bank, blob_target, tmp_
                                     "--perturbation", "noise:0.1-0.2", "--max-images", "1", "--no-progress"])
     assert res.exit_code == 0 and "intervals and p_best need at least 5 units" in res.output
     assert "cannot be told apart" not in res.output
+
+
+def test_a_small_volume_is_split_into_enough_blocks_by_default(tmp_path):
+    from volume_factory import volume_bank, write_volume
+
+    from segrank.job.plan import DEFAULT_BLOCK, MIN_BLOCKS
+
+    bank = volume_bank(tmp_path, "3d")
+    volume = write_volume(tmp_path / "vol.zarr")  # 14 x 36 x 44: one block of the default 64 x 256 x 256
+    ranking = rank(bank, volume, out=tmp_path / "run", **dict(KW, report=False))
+    block = tuple(ranking.settings["block"])
+    assert block != DEFAULT_BLOCK and all(r["n_units"] >= MIN_BLOCKS for r in ranking.rows)
+    assert all(r["ci_low"] is not None and r["p_best"] is not None for r in ranking.rows)
+    given = rank(bank, volume, out=tmp_path / "given", block=DEFAULT_BLOCK, **dict(KW, report=False))
+    assert all(r["n_units"] == 1 and r["ci_low"] is None for r in given.rows)  # the user's block is kept

@@ -15,10 +15,40 @@ from .rundir import file_digest
 from .units import spatial, units_of
 
 
-def check_options(repeats: int, block) -> tuple[int, ...]:
-    """Refuse impossible repeats and scoring blocks (one line each); the block as a tuple."""
+DEFAULT_BLOCK = (64, 256, 256)
+MIN_BLOCKS = 8  # units a default scoring grid aims for: enough for bootstrap intervals
+
+
+def default_block(images) -> tuple[int, ...]:
+    """The scoring block when none is given: 64 x 256 x 256, made smaller (the largest side
+    halved, down to 8) while the target would have fewer than `MIN_BLOCKS` units, so that a
+    small volume still gets intervals."""
+    import math
+
+    volumes = [tuple(int(s) for s in im.data.shape[-3:]) for im in images if len(spatial(im.axes)) >= 3]
+    flat = len(images) - len(volumes)
+
+    def units(block):
+        return flat + sum(math.prod(math.ceil(s / b) for s, b in zip(shape, block)) for shape in volumes)
+
+    if not volumes or units(DEFAULT_BLOCK) >= MIN_BLOCKS:
+        return DEFAULT_BLOCK
+    block = [min(b, max(v[a] for v in volumes)) for a, b in enumerate(DEFAULT_BLOCK)]
+    while units(block) < MIN_BLOCKS:
+        axis = max(range(3), key=lambda a: block[a])
+        if block[axis] <= 8:
+            break
+        block[axis] = math.ceil(block[axis] / 2)
+    return tuple(block)
+
+
+def check_options(repeats: int, block) -> tuple[int, ...] | None:
+    """Refuse impossible repeats and scoring blocks (one line each); the block as a tuple (None:
+    chosen from the target, `default_block`)."""
     if repeats < 1:
         raise SegrankError(f"--repeats must be >= 1, got {repeats}")
+    if block is None:
+        return None
     block = tuple(block)
     if len(block) != 3 or not all(isinstance(b, (int, np.integer)) and b >= 1 for b in block):
         raise SegrankError(f"--block {','.join(map(str, block))}: a scoring block is three positive sizes Z,Y,X")
@@ -189,4 +219,4 @@ def open_sessions(models, *, device: str, threads: int | None, plan: Plan) -> di
     return sessions
 
 
-__all__ = ["DEFAULT_SCORE", "Plan", "SCORES", "check_scores", "open_sessions", "check_options", "choose_perturbations", "load_inputs", "plan_tasks", "run_settings"]
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_SCORE", "default_block", "Plan", "SCORES", "check_scores", "open_sessions", "check_options", "choose_perturbations", "load_inputs", "plan_tasks", "run_settings"]

@@ -11,7 +11,8 @@ from .consensus import CONSENSUS, run_consensus
 from .execute import rank_executor
 from .failures import Failure, nothing_scored
 from .plan import (
-    DEFAULT_SCORE, check_options, check_scores, choose_perturbations, load_inputs, plan_tasks, run_settings,
+    DEFAULT_SCORE, check_options, check_scores, choose_perturbations, default_block, load_inputs, plan_tasks,
+    run_settings,
 )
 from .rows import Ranking, compare_with_truth, disagreement_warnings, ranking_rows
 from .rundir import RunDirectory
@@ -30,7 +31,7 @@ def rank(
     max_images: int | None = None,
     axes: str | None = None,
     threshold: float = 0.5,
-    block: tuple[int, ...] = (64, 256, 256),
+    block: tuple[int, ...] | None = None,
     tile=None,
     halo=None,
     in_memory: bool = False,
@@ -71,8 +72,10 @@ def rank(
         Seeds every draw with (seed, model, unit, repeat).
     max_images : int, optional
         Score a seeded random subset of this many images.
-    block : tuple of int
-        Scoring units of a volume: blocks of this (z, y, x) shape on a fixed grid.
+    block : tuple of int, optional
+        Scoring units of a volume: blocks of this (z, y, x) shape on a fixed grid; default
+        64 x 256 x 256, smaller for a target that would otherwise have fewer than 8 units
+        (`plan.default_block`).
     tile, halo : optional
         Prediction tile and halo (see `inference.blocks.choose_blocking`); default: the
         model's, with tiles of volumes nested in the scoring blocks when the model allows.
@@ -127,6 +130,7 @@ def rank(
     with run.lock(), disk_full_as_error(run.out):
         models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed,
                                                output_space=output_space)
+        block = block or default_block(images)
         specs = choose_perturbations(list(perturbations), models)
         metrics = {m.name: resolve_metric(metric, m) for m in models}
         settings = run_settings(bank, target, models, images, specs, metric=metric, repeats=repeats, seed=seed,
