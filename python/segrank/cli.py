@@ -93,6 +93,8 @@ def cmake_dir_cmd():
               help="Consensus: similarity of two models' predictions (auto: map for instance banks, else dice).")
 @click.option("--rounds", type=click.IntRange(min=0), default=0, show_default=True,
               help="Consensus: re-weighting rounds (0: every model weighs the same).")
+@click.option("--labels", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Labels for a few target images (same names): also rank by the mean true score on them.")
 @click.option("--output-space", default=None,
               help="Declare that every model of the bank predicts this output space (e.g. a bioimage.io package "
                    "beside sidecar models that name it differently).")
@@ -102,8 +104,8 @@ def cmake_dir_cmd():
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, output_space, truth,
-             as_json, no_progress):
+             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, labels, output_space,
+             truth, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
     from .job import rank
     from .job.plan import DEFAULT_SCORE
@@ -126,7 +128,7 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
                    scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress,
                    score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds, truth=truth,
-                   output_space=output_space)
+                   output_space=output_space, labels=labels)
     if cache and not no_progress:
         p = ranking.predictions
         click.echo(f"segrank: cache {cache}: {p['reused']} tile predictions reused, {p['computed']} computed", err=True)

@@ -133,3 +133,38 @@ def test_report_shows_agreement_warnings_and_the_truth(bank, blob_target, tmp_pa
     firsts = {r["perturbation"]: r["name"] for r in ranking.rows if r["rank"] == 1}
     disagree = firsts["noise:0.1"] != firsts["consensus"]
     assert disagree == any("disagree on the best model" in w for w in doc["consensus"]["warnings"])
+
+
+def test_labels_for_a_few_images_rank_by_their_true_score_without_more_inference(bank, blob_target, tmp_path, runs):
+    import shutil
+
+    from segrank.evaluate.job import evaluate
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ("img1.tif", "img4.tif"):
+        shutil.copy(blob_target.parent / "labels" / name, few / name)
+    ranking = rank(bank, blob_target, out=tmp_path / "run", score="consensus", labels=few, **KW)
+    assert runs == {"unperturbed": 5 * 6}  # the labelled images' predictions come from the store
+    rows = {r["name"]: r for r in ranking.rows if r["perturbation"] == "labels"}
+    assert all(r["n_units"] == 2 and r["metric"] == "f1" and r["estimator"] == "labels" for r in rows.values())
+    # the mean F1 on the two images equals what evaluate finds on them
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for name in ("img1.tif", "img4.tif"):
+        shutil.copy(blob_target / name, sub / name)
+    perf = evaluate(bank, sub, labels=few, out=tmp_path / "perf", device="cpu", progress=False)
+    per_image = (tmp_path / "perf" / "performance_per_image.csv").read_text().splitlines()[1:]
+    means = {}
+    for line in per_image:
+        model, _, _, score = line.split(",")
+        means.setdefault(model, []).append(float(score))
+    for name, r in rows.items():
+        assert r["score"] == pytest.approx(sum(means[name]) / 2)
+    assert len(perf) == 5
+    assert rows["high"]["rank"] == 5
+    runs.clear()
+    again = rank(bank, blob_target, out=tmp_path / "run", score="consensus", labels=few, **KW)
+    assert not runs and [r["score"] for r in again.rows] == [r["score"] for r in ranking.rows]
+    with pytest.raises(Exception, match="no label file named like a target image"):
+        rank(bank, blob_target, out=tmp_path / "x", score="consensus", labels=tmp_path / "perf", **KW)

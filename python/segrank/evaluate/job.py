@@ -15,12 +15,28 @@ from .correlation import rank_agreement, summarize
 from .performance import average_precision, foreground_f1
 
 
-def _label_for(image_name: str, labels: Path) -> Path:
-    for ext in (".tif", ".tiff", ".png", ".npy"):
-        candidate = labels / f"{image_name}{ext}"
+LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+
+
+def label_file(image_name: str, labels: Path) -> Path | None:
+    """The label file of an image in a labels folder (same name), or None."""
+    for ext in LABEL_SUFFIXES:
+        candidate = Path(labels) / f"{image_name}{ext}"
         if candidate.exists():
             return candidate
-    raise InputError(f"{labels}: no label file for image {image_name!r}")
+    return None
+
+
+def _label_for(image_name: str, labels: Path) -> Path:
+    found = label_file(image_name, labels)
+    if found is None:
+        raise InputError(f"{labels}: no label file for image {image_name!r}")
+    return found
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """A label image (tif, png or npy)."""
+    return _read_labels(Path(path))
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -70,7 +86,7 @@ def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | Non
     """
     from tqdm import tqdm
 
-    from ..job.failures import Failure, Stage
+    from ..job.failures import Failure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -138,17 +138,12 @@ def store_tasks(models, images, sessions, options_of, *, block, tile, halo, pend
     return tasks, failures
 
 
-def score_consensus(models, images, sessions, options_of, *, run, executor, store: str, block, tile, halo,
-                    threshold: float, failures: list[Failure], progress: bool) -> dict:
-    """Run both passes for the units not in agreement.csv yet; returns the predictions counts."""
+def store_predictions(models, images, sessions, options_of, *, executor, block, tile, halo, pending: dict,
+                      failures: list[Failure], progress: bool) -> tuple[dict, set, dict]:
+    """Run the StoreTasks of the `pending` units ({image: unit names}): (the array name of each
+    (model, image) in the store, the (model, unit or image) pairs that failed, predictions counts)."""
     from tqdm import tqdm
 
-    done_units = {r["unit"] for r in run.agreement.read()}
-    pending = {}
-    for im in images:
-        names = {u.name for u in units_of(im, block)} - done_units
-        if names:
-            pending[im.name] = names
     tasks, planning_failures = store_tasks(models, images, sessions, options_of, block=block, tile=tile, halo=halo,
                                            pending_images=pending)
     failures += planning_failures
@@ -169,7 +164,23 @@ def score_consensus(models, images, sessions, options_of, *, run, executor, stor
                 predictions[k] += n
         bar.update(1)
     bar.close()
+    return keys, failed, predictions
 
+
+def score_consensus(models, images, sessions, options_of, *, run, executor, store: str, block, tile, halo,
+                    threshold: float, failures: list[Failure], progress: bool) -> dict:
+    """Run both passes for the units not in agreement.csv yet; returns the predictions counts."""
+    from tqdm import tqdm
+
+    done_units = {r["unit"] for r in run.agreement.read()}
+    pending = {}
+    for im in images:
+        names = {u.name for u in units_of(im, block)} - done_units
+        if names:
+            pending[im.name] = names
+    keys, failed, predictions = store_predictions(models, images, sessions, options_of, executor=executor, block=block,
+                                                  tile=tile, halo=halo, pending=pending, failures=failures,
+                                                  progress=progress)
     by_name = {m.name: m for m in models}
     instances = all(m.task == "instance" for m in models)
     agreement = []

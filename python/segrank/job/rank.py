@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import SegrankError
 from ..io.files import disk_full_as_error
 from .consensus import CONSENSUS, run_consensus
+from .labels import run_labels
 from .execute import rank_executor
 from .failures import Failure, nothing_scored
 from .plan import (
@@ -42,6 +43,7 @@ def rank(
     score=DEFAULT_SCORE,
     similarity: str = "auto",
     rounds: int = 0,
+    labels=None,
     truth=None,
     output_space: str | None = None,
     n_boot: int = 1000,
@@ -107,6 +109,10 @@ def rank(
         (instance labels) for instance banks, dice for semantic ones.
     rounds : int
         Re-weighting rounds of the consensus score (0: every model weighs the same).
+    labels : path, optional
+        A folder with labels for a few of the target's 2D images (named like them): the setting
+        "labels" then ranks the models by their mean true score on those images (F1, or mAP for
+        instance models), from the same stored predictions as the consensus score.
     output_space : str, optional
         Declare that every model of the bank predicts this output space (`models.load_bank`).
     truth : path, optional
@@ -136,7 +142,8 @@ def rank(
         settings = run_settings(bank, target, models, images, specs, metric=metric, repeats=repeats, seed=seed,
                                 threshold=threshold, block=block, tile=tile, halo=halo, max_images=max_images,
                                 device=device, cache=cache)
-        settings.update(score=list(scores), similarity=similarity, rounds=rounds)
+        settings.update(score=list(scores), similarity=similarity, rounds=rounds,
+                        labels=str(labels) if labels is not None else None)
         run.check_settings(settings)
         prediction_cache = PredictionCache(cache) if cache is not None else None
         if prediction_cache is not None:
@@ -162,6 +169,13 @@ def rank(
             rows += consensus.rows
             consensus.diagnostics["warnings"] += disagreement_warnings(rows)
             predictions = {k: predictions[k] + consensus.predictions[k] for k in predictions}
+        if labels is not None:
+            more, counts = run_labels(models, images, plan, run, executor, failures, labels_dir=labels,
+                                      metrics=metrics, cache=prediction_cache, done=done, options=dict(
+                                          seed=seed, threshold=threshold, device=device, threads=threads, block=block,
+                                          tile=tile, halo=halo, progress=progress))
+            rows += more
+            predictions = {k: predictions[k] + counts[k] for k in predictions}
         settings["provider"] = plan.providers
         ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions,
                           consensus=consensus.diagnostics if consensus else None,

@@ -36,7 +36,8 @@ def write_html(document: dict, out: Path, figures: list[Path]) -> Path:
     for pert in dict.fromkeys(r["perturbation"] for r in rows):
         block = [r for r in rows if r["perturbation"] == pert]
         columns = head + (CONSENSUS_COLUMNS if pert == "consensus" else ())
-        title = "Consensus (agreement with the bank)" if pert == "consensus" else f"CTE, perturbation {pert}"
+        title = {"consensus": "Consensus (agreement with the bank)",
+                 "labels": "Few labels (mean true score on the labelled images)"}.get(pert, f"CTE, perturbation {pert}")
         parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
         parts.append("".join(f"<th>{h}</th>" for h in columns) + "</tr>")
         for r in block:
