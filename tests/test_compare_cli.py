@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from segrank.cli import main
 from segrank.metrics import adapted_rand, binary_consistency, variation_of_information
 
-KEYS = ["nhd", "ei", "rand_precision", "rand_recall", "rand_f", "vi_split", "vi_merge"]
+KEYS = ["nhd_distance", "ei", "rand_precision", "rand_recall", "rand_f", "vi_split", "vi_merge"]
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_all_metrics_on_labels_in_every_format(tmp_path, labels, suffix):
     assert list(scores) == KEYS
     counts = binary_consistency(a != 0, b != 0)
     rand, vi = adapted_rand(a, b), variation_of_information(a, b)
-    assert scores["nhd"] == pytest.approx(counts.nhd)
+    assert scores["nhd_distance"] == pytest.approx(counts.nhd)
     assert scores["ei"] == pytest.approx(counts.consistency)  # masks: p = 1
     assert [scores[k] for k in KEYS[2:5]] == pytest.approx(list(rand))
     assert [scores[k] for k in KEYS[5:]] == pytest.approx(list(vi))
@@ -73,7 +73,7 @@ def test_probabilities_and_single_metrics(tmp_path):
     fa, fb = write(tmp_path / "u.npy", pu), write(tmp_path / "p.tif", pp)
     counts = binary_consistency(pu, pp, threshold=0.4)
     result = run(fa, fb, "--metric", "nhd", "--threshold", "0.4", "--json")
-    assert json.loads(result.output) == {"nhd": pytest.approx(counts.nhd)}
+    assert json.loads(result.output) == {"nhd_distance": pytest.approx(counts.nhd)}  # distance: 0 = the same
     result = run(fa, fb, "--metric", "ei", "--threshold", "0.4", "--json")
     assert json.loads(result.output) == {"ei": pytest.approx(counts.ei)}
     result = run(fa, fb, "--json")  # rand and vi are undefined on probabilities: null

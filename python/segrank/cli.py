@@ -11,23 +11,47 @@ from .errors import SegrankError
 
 
 class _Group(click.Group):
-    """Reports segrank's own errors as one line on stderr (exit 2), without a traceback."""
+    """Reports segrank's own errors (and a full disk) as one line on stderr (exit 2), without a
+    traceback; ``segrank --debug ...`` shows the traceback instead."""
 
     def invoke(self, ctx):
+        from .io.files import DISK_FULL, disk_full_message
+
         try:
             return super().invoke(ctx)
         except SegrankError as err:
+            if ctx.params.get("debug"):
+                raise
             click.echo(f"segrank: error: {err}", err=True)
+            sys.exit(2)
+        except OSError as err:
+            if err.errno not in DISK_FULL or ctx.params.get("debug"):
+                raise
+            click.echo(f"segrank: error: {disk_full_message(err, err.filename or '.')}", err=True)
             sys.exit(2)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+EXAMPLES = """\b
+Examples:
+  segrank rank --example --out example-ranking      the bundled example, with its true ranking
+  segrank rank BANK/ IMAGES/ --out run/               rank a bank on a folder of images
+  segrank rank BANK/ VOLUME.zarr --out run/ --workers 4 --cache cache/
+  segrank rank BANK/ IMAGES/ --out run/ --labels FEW_LABELS/
+  segrank evaluate BANK/ IMAGES/ --labels LABELS/ --out perf/
+  segrank validate run/ranking.json perf/performance.json
+"""
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+             epilog=EXAMPLES)
 @click.version_option(__version__, prog_name="segrank")
-def main():
-    """Rank pre-trained segmentation models on unlabelled data by prediction consistency."""
+@click.option("--debug", is_flag=True, help="Show the traceback behind a one-line error.")
+def main(debug):
+    """Rank pre-trained segmentation models on unlabelled microscopy data: by their agreement with
+    the other models of the bank (consensus) or by their consistency under perturbation (CTE)."""
 
 
-@main.command("compare")
+@main.command("compare", short_help="Consistency scores between two predictions or segmentations.")
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
 @click.option("--metric", type=click.Choice(["nhd", "ei", "rand", "vi", "all"]), default="all", show_default=True)
@@ -38,6 +62,7 @@ def compare_cmd(a, b, metric, threshold, as_json):
 
     Float arrays are probabilities; bool and integer arrays are masks or label images (nonzero =
     foreground). rand and vi need label images. Undefined scores print as n/a (null in JSON).
+    nhd_distance is a distance (0 = the same); rank's "nhd" score is 1 - nhd_distance.
     """
     from .metrics.compare import compare_files
 
@@ -49,13 +74,13 @@ def compare_cmd(a, b, metric, threshold, as_json):
             click.echo(f"{key:<15} {'n/a' if value is None else f'{value:.6f}'}")
 
 
-@main.command("cmake-dir")
+@main.command("cmake-dir", short_help="The folder for find_package(segrank) from CMake.")
 def cmake_dir_cmd():
     """Print the folder to pass to CMake as segrank_DIR for find_package(segrank)."""
     click.echo(cmake_dir())
 
 
-@main.command("rank")
+@main.command("rank", short_help="Rank the models of a bank on unlabelled images or volumes.", epilog=EXAMPLES)
 @click.argument("bank", required=False, type=click.Path(exists=True))
 @click.argument("target", required=False, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(), help="Run directory (results are written as they come; a rerun resumes).")
@@ -95,6 +120,8 @@ def cmake_dir_cmd():
               help="Consensus: re-weighting rounds (0: every model weighs the same).")
 @click.option("--labels", type=click.Path(exists=True, file_okay=False), default=None,
               help="Labels for a few target images (same names): also rank by the mean true score on them.")
+@click.option("--key", default=None, help="Dataset inside an HDF5/N5/Zarr container that holds several.")
+@click.option("--trust-code", is_flag=True, help="Allow running a package's Python architecture (pytorch_state_dict).")
 @click.option("--output-space", default=None,
               help="Declare that every model of the bank predicts this output space (e.g. a bioimage.io package "
                    "beside sidecar models that name it differently).")
@@ -104,9 +131,20 @@ def cmake_dir_cmd():
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json to stdout instead of the table.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
-             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, labels, output_space,
-             truth, as_json, no_progress):
-    """Rank the models of BANK on the unlabelled TARGET by prediction consistency."""
+             threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, labels, key, trust_code,
+             output_space, truth, as_json, no_progress):
+    """Rank the models of BANK on the unlabelled TARGET.
+
+    \b
+    BANK: a folder of models: NAME.onnx files (each optionally with a NAME.yaml sidecar that
+          declares axes, preprocessing, activation, post-processing, tiling), bioimage.io
+          packages (folders with an rdf.yaml, or .zip files), or a text file listing them.
+    TARGET: a folder of images (tif, png, npy), one image or stack, or a volume (Zarr,
+          OME-Zarr, N5, HDF5; --key picks the dataset in a container with several).
+
+    Results go to --out as they come (ranking.json / .csv, per_image.csv, report.html); a
+    rerun into the same folder resumes.
+    """
     from .job import rank
     from .job.plan import DEFAULT_SCORE
     from .report import format_table
@@ -128,7 +166,7 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
                    scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress,
                    score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds, truth=truth,
-                   output_space=output_space, labels=labels)
+                   output_space=output_space, labels=labels, key=key, trust_code=trust_code)
     if cache and not no_progress:
         p = ranking.predictions
         click.echo(f"segrank: cache {cache}: {p['reused']} tile predictions reused, {p['computed']} computed", err=True)
@@ -150,7 +188,7 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
         click.echo(f"\nwritten: {ranking.out}/ranking.json, ranking.csv, per_image.csv, report.html", err=True)
 
 
-@main.command("evaluate")
+@main.command("evaluate", short_help="True performance of every model against labels (F1 / mAP).")
 @click.argument("bank", type=click.Path(exists=True))
 @click.argument("target", type=click.Path(exists=True))
 @click.option("--labels", required=True, type=click.Path(exists=True, file_okay=False),
@@ -162,11 +200,14 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
 @click.option("--baselines", "with_baselines", is_flag=True,
               help="Also write OUT/baselines.json: confidence, entropy, LEEP, CCFV (validate takes it as a ranking).")
 @click.option("--output-space", default=None, help="Declare that every model of the bank predicts this output space.")
-def evaluate_cmd(bank, target, labels, out, device, axes, as_json, with_baselines, output_space):
+@click.option("--key", default=None, help="Dataset inside an HDF5/N5/Zarr container that holds several.")
+@click.option("--trust-code", is_flag=True, help="Allow running a package's Python architecture (pytorch_state_dict).")
+def evaluate_cmd(bank, target, labels, out, device, axes, as_json, with_baselines, output_space, key, trust_code):
     """True performance of every model of BANK on TARGET against LABELS (F1 or mAP)."""
     from .evaluate.job import evaluate
 
-    rows = evaluate(bank, target, labels=labels, out=out, device=device, axes=axes, output_space=output_space)
+    rows = evaluate(bank, target, labels=labels, out=out, device=device, axes=axes, output_space=output_space,
+                    key=key, trust_code=trust_code)
     if with_baselines:
         from .evaluate.baselines import baselines
 
@@ -178,7 +219,7 @@ def evaluate_cmd(bank, target, labels, out, device, axes, as_json, with_baseline
             click.echo(f"{r['name']:<30} {r['metric']:>4} {r['score']:.4f}  ({r['n_images']} images)")
 
 
-@main.command("predict")
+@main.command("predict", short_help="One model's predictions of a target into a Zarr store.")
 @click.argument("model", type=click.Path(exists=True))
 @click.argument("target", type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(), help="Zarr v3 store (PRED.zarr); a rerun reuses finished blocks.")
@@ -215,7 +256,7 @@ def predict_cmd(model, target, out, tile, halo, device, axes, key, scheduler, wo
     click.echo(json.dumps(summary.to_json(), indent=2))
 
 
-@main.command("validate")
+@main.command("validate", short_help="How far rankings agree with true performance.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--permutations", type=click.IntRange(min=100), default=10000, show_default=True)
@@ -242,7 +283,7 @@ def validate_cmd(files, as_json, permutations):
             click.echo(f"  top-1     {entry['top1_rate']:.2f}")
 
 
-@main.command("inspect")
+@main.command("inspect", short_help="What segrank knows about one model.")
 @click.argument("model", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @click.option("--check", is_flag=True, help="Run the package's test inputs and compare with its test outputs (exit 1 on mismatch).")
@@ -271,7 +312,7 @@ def inspect_cmd(model, as_json, check, trust_code):
         sys.exit(1)
 
 
-@main.command("greybox")
+@main.command("greybox", short_help="Add a channel-dropout input at a model's bottleneck.")
 @click.argument("model", type=click.Path(exists=True))
 @click.option("--tensor", default="auto", show_default=True, help="Tensor to perturb: a name (see `segrank inspect`), names joined by ',', or auto (the bottleneck).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The rewritten .onnx (a sidecar .yaml is written beside it).")
@@ -288,7 +329,7 @@ def greybox_cmd(model, tensor, out, every_level, trust_code):
                f"(channels {list(loaded.dropout_levels)}); description in {loaded.path.with_suffix('.yaml')}")
 
 
-@main.command("convert")
+@main.command("convert", short_help="PyTorch (TorchScript, state dict, package) to ONNX.")
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx to write.")
 @click.option("--shape", default=None, help="Example input shape B,C,[Z,]Y,X (required for PyTorch files), e.g. 1,1,64,64.")

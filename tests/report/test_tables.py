@@ -29,7 +29,7 @@ def test_json_is_written_whole_and_csv_has_the_fixed_columns_first(tmp_path):
 
 def test_table_shows_scores_intervals_and_status():
     text = format_table(ROWS)
-    assert "perturbation noise:0.1, metric nhd" in text
+    assert "perturbation noise:0.1, metric nhd: score = 1 - NHD; higher = more consistent" in text
     assert "0.9100" in text and "[0.880, 0.930]" in text
     assert "(predicts no foreground)" in text and "6/6" in text and "0/6" in text
     assert "cannot be told apart" not in text

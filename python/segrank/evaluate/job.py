@@ -52,20 +52,21 @@ def _read_labels(path: Path) -> np.ndarray:
 
 
 def load_inputs(bank, target, *, axes: str | None = None, failures: list | None = None,
-                output_space: str | None = None) -> tuple[list, list]:
+                output_space: str | None = None, key: str | None = None,
+                trust_code: bool = False) -> tuple[list, list]:
     """The usable models of `bank` and the images of `target`; models that do not load are
     added to `failures` (typed, as in `rank`) when given, else reported on stderr."""
     from ..io.targets import open_target
     from ..job.failures import Failure, Stage
     from ..models import load_bank
 
-    models, problems = (load_bank(bank, output_space=output_space) if not isinstance(bank, (list, tuple))
-                        else (list(bank), []))
+    models, problems = (load_bank(bank, output_space=output_space, trust_code=trust_code)
+                        if not isinstance(bank, (list, tuple)) else (list(bank), []))
     for p in problems:
         if failures is not None:
             failures.append(Failure(p.name, Stage.LOAD, p.message))
         print(f"segrank: {p.message}", file=sys.stderr)
-    return models, list(open_target(target, axes=axes).images)
+    return models, list(open_target(target, axes=axes, key=key).images)
 
 
 def read_truth(images, labels: Path) -> dict[str, np.ndarray]:
@@ -74,7 +75,8 @@ def read_truth(images, labels: Path) -> dict[str, np.ndarray]:
 
 
 def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | None = None,
-             threshold: float = 0.5, progress: bool = True, output_space: str | None = None) -> list[dict]:
+             threshold: float = 0.5, progress: bool = True, output_space: str | None = None, key: str | None = None,
+             trust_code: bool = False) -> list[dict]:
     """True performance of every model of `bank` on `target` against `labels`.
 
     Semantic models: median over images of the foreground F1 at `threshold`; instance models:
@@ -91,7 +93,8 @@ def evaluate(bank, target, *, labels, out, device: str = "auto", axes: str | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     failures: list[Failure] = []
-    models, images = load_inputs(bank, target, axes=axes, failures=failures, output_space=output_space)
+    models, images = load_inputs(bank, target, axes=axes, failures=failures, output_space=output_space, key=key,
+                                 trust_code=trust_code)
     labels = Path(labels)
     truth = read_truth(images, labels)
     rows, per_image = [], []

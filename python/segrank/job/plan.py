@@ -69,7 +69,8 @@ def check_scores(score) -> tuple[str, ...]:
 
 
 def load_inputs(bank, target, *, axes: str | None, max_images: int | None, seed: int,
-                output_space: str | None = None) -> tuple[list, list, list[Failure]]:
+                output_space: str | None = None, key: str | None = None,
+                trust_code: bool = False) -> tuple[list, list, list[Failure]]:
     """(usable models, images to score, models that did not load) of a bank and a target."""
     from ..io.targets import open_target
     from ..models import load_bank
@@ -78,12 +79,12 @@ def load_inputs(bank, target, *, axes: str | None, max_images: int | None, seed:
     if isinstance(bank, (list, tuple)):
         models = list(bank)
     else:
-        models, problems = load_bank(bank, output_space=output_space)
+        models, problems = load_bank(bank, output_space=output_space, trust_code=trust_code)
         failures += [Failure(p.name, Stage.LOAD, p.message) for p in problems]
     if not models:
         reasons = "; ".join(f"{f.model}: {f.error}" for f in failures) or "no model file found"
         raise SegrankError(f"{bank}: no usable model in the bank ({reasons})")
-    images = list(open_target(target, axes=axes).images)
+    images = list(open_target(target, axes=axes, key=key).images)
     if not images:
         raise SegrankError(f"{target}: no image found")
     if max_images is not None and max_images < len(images):

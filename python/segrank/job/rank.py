@@ -46,6 +46,8 @@ def rank(
     labels=None,
     truth=None,
     output_space: str | None = None,
+    key: str | None = None,
+    trust_code: bool = False,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -115,6 +117,10 @@ def rank(
         instance models), from the same stored predictions as the consensus score.
     output_space : str, optional
         Declare that every model of the bank predicts this output space (`models.load_bank`).
+    key : str, optional
+        The dataset inside an HDF5 / N5 / Zarr container that holds several.
+    trust_code : bool
+        Allow running a bioimage.io package's Python architecture (pytorch_state_dict weights).
     truth : path, optional
         A performance.json (`segrank evaluate`) of this bank on this target: ranking.json and the
         report then show how far each ranking agrees with it (the bundled example ships one).
@@ -135,7 +141,7 @@ def rank(
     run = RunDirectory(Path(out))
     with run.lock(), disk_full_as_error(run.out):
         models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed,
-                                               output_space=output_space)
+                                               output_space=output_space, key=key, trust_code=trust_code)
         block = block or default_block(images)
         specs = choose_perturbations(list(perturbations), models)
         metrics = {m.name: resolve_metric(metric, m) for m in models}

@@ -15,7 +15,7 @@ __all__ = ["COMPARE_METRICS", "compare_arrays", "compare_files", "read_array"]
 
 COMPARE_METRICS = ("nhd", "ei", "rand", "vi", "all")
 _KEYS = {
-    "nhd": ("nhd",),
+    "nhd": ("nhd_distance",),
     "ei": ("ei",),
     "rand": ("rand_precision", "rand_recall", "rand_f"),
     "vi": ("vi_split", "vi_merge"),
@@ -85,8 +85,12 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def compare_arrays(a: np.ndarray, b: np.ndarray, *, metric="all", threshold=0.5, names=("A", "B")) -> dict:
-    """Scores between two predictions, keyed nhd, ei, rand_precision, rand_recall, rand_f,
+    """Scores between two predictions, keyed nhd_distance, ei, rand_precision, rand_recall, rand_f,
     vi_split, vi_merge (those `metric` asks for); None where a score is undefined.
+
+    ``nhd_distance`` is the normalised Hamming distance |A xor B| / |A or B| (0 = the same
+    foreground); `segrank rank`'s "nhd" score is its complement, 1 - NHD (1 = the same), so
+    that every ranking score reads higher = more consistent.
 
     Float arrays are probability maps (foreground p > threshold); bool and integer arrays are
     masks or label images (nonzero = foreground). NHD and EI compare foregrounds (EI with the
@@ -108,7 +112,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, *, metric="all", threshold=0.5,
             masks = [x > threshold if _is_probability(x) else x != 0 for x in (a, b)]
             counts = binary_consistency(masks[0], masks[1])
         if "nhd" in wanted:
-            out["nhd"] = _nan_to_none(counts.nhd)
+            out["nhd_distance"] = _nan_to_none(counts.nhd)
         if "ei" in wanted:
             out["ei"] = _nan_to_none(counts.ei)
     if "rand" in wanted or "vi" in wanted:

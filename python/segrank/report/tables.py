@@ -27,6 +27,22 @@ def write_ranking_csv(rows: list[dict], path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+SCORE_MEANING = {
+    "nhd": "1 - NHD", "ei": "effective invariance", "rand": "adapted Rand F", "dice": "mean Dice with the others",
+    "map": "mean mAP with the others", "f1": "mean F1 on the labelled images",
+}
+
+
+def setting_title(setting: str, metric: str) -> str:
+    """How a setting's block is headed: what its score is, and that higher is better."""
+    what = SCORE_MEANING.get(metric, metric)
+    if setting == "consensus":
+        return f"consensus (agreement with the bank), score = {what} ({metric}); higher = more agreement"
+    if setting == "labels":
+        return f"few labels, score = {what if metric == 'f1' else 'mean mAP on the labelled images'}"
+    return f"perturbation {setting}, metric {metric}: score = {what}; higher = more consistent"
+
+
 def notes(block: list[dict]) -> list[str]:
     """What a reader of one setting's ranking must know: the top two cannot be told apart, or the
     target has too few units for intervals at all."""
@@ -47,7 +63,7 @@ def format_table(rows: list[dict]) -> str:
     lines = []
     for pert in dict.fromkeys(r["perturbation"] for r in rows):
         block = [r for r in rows if r["perturbation"] == pert]
-        lines.append(f"perturbation {pert}, metric {block[0]['metric']}")
+        lines.append(setting_title(pert, block[0]["metric"]))
         width = max(len("model"), *(len(r["name"]) for r in block))
         lines.append(f"  {'rank':>4}  {'model':<{width}}  {'score':>6}  {'95% interval':>15}  {'p_best':>6}  {'scored':>7}")
         for r in block:
