@@ -41,3 +41,20 @@ def test_rank_options_choose_the_executor():
                          uses_cuda=False) == Executor("gpus", 2, ("0", "1"))
     remote = rank_executor(workers=None, scheduler="tcp://h:8786", gpus=None, device="cuda", uses_cuda=True)
     assert remote.scheduler == "tcp://h:8786" and remote.require_gpu and remote.want_gpu
+
+
+@pytest.mark.parametrize("executor", [Executor("sync"), Executor("threads", 2), Executor("local", 2)])
+def test_stream_asks_for_tasks_as_results_come_and_can_stop_early(executor):
+    queue = list(range(20))
+    seen = []
+
+    def next_task():
+        if len(seen) >= 6 or not queue:  # the caller decides, between results, what comes next
+            return None
+        return Square(queue.pop(0))
+
+    for task, outcome in executor.stream(next_task):
+        assert outcome == task.x * task.x
+        seen.append(task.x)
+    window = 1 if executor.scheduler == "sync" else 2 * executor.workers
+    assert 6 <= len(seen) <= 6 + window and sorted(seen) == list(range(len(seen)))

@@ -67,19 +67,77 @@ class Executor:
             return
         yield from self._run_distributed(tasks)
 
-    def _run_distributed(self, tasks: list) -> Iterator[tuple[object, object]]:
-        from dask.distributed import Client, LocalCluster, as_completed
+    def stream(self, next_task, *, window: int | None = None) -> Iterator[tuple[object, object]]:
+        """``(task, outcome)`` as tasks finish, asking ``next_task()`` for the next task whenever
+        one finishes (None: nothing to start now). Up to `window` tasks are in flight (default:
+        twice the workers), so the workers never wait for a batch to end; the caller may change
+        what ``next_task`` gives between results (e.g. stop giving a model's tasks)."""
+        window = window or (1 if self.scheduler == "sync" else 2 * max(self.workers, 1))
+        if self.scheduler == "sync" or (self.scheduler == "threads" and self.workers <= 1):
+            while (task := next_task()) is not None:
+                yield task, task.run()
+            return
+        if self.scheduler == "threads":
+            from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        cluster, resources = None, None
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="segrank-task") as pool:
+                running = {}
+                while True:
+                    while len(running) < window and (task := next_task()) is not None:
+                        running[pool.submit(_run_task, task)] = task
+                    if not running:
+                        return
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        yield running.pop(future), future.result()
+        yield from self._stream_distributed(next_task, window)
+
+    def _connect(self):
+        """(client, cluster or None, task resources) for a distributed scheduler."""
+        from dask.distributed import Client, LocalCluster
+
         if self.scheduler == "gpus":
             cluster = gpu_cluster(self.gpus)
-            client, resources = Client(cluster), {GPU: 1}
-        elif self.scheduler == "local":
+            return Client(cluster), cluster, {GPU: 1}
+        if self.scheduler == "local":
             cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-            client = Client(cluster)
-        else:
-            client = Client(self.scheduler)
-            resources = self._gpu_resources(client)
+            return Client(cluster), cluster, None
+        client = Client(self.scheduler)
+        return client, None, self._gpu_resources(client)
+
+    def _stream_distributed(self, next_task, window: int) -> Iterator[tuple[object, object]]:
+        from dask.distributed import as_completed
+
+        client, cluster, resources = self._connect()
+        try:
+            running = as_completed()
+            tasks = {}
+
+            def top_up():
+                while len(tasks) < window and (task := next_task()) is not None:
+                    future = client.submit(_run_task, task, pure=False, resources=resources)
+                    tasks[future.key] = task
+                    running.add(future)
+
+            top_up()
+            for future in running:
+                task = tasks.pop(future.key)
+                try:
+                    outcome = future.result()
+                except Exception as err:  # e.g. distributed.KilledWorker
+                    outcome = err
+                future.release()
+                yield task, outcome
+                top_up()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def _run_distributed(self, tasks: list) -> Iterator[tuple[object, object]]:
+        from dask.distributed import as_completed
+
+        client, cluster, resources = self._connect()
         try:
             futures = {client.submit(_run_task, t, pure=False, resources=resources): t for t in tasks}
             for future in as_completed(futures):

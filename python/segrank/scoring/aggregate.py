@@ -59,20 +59,8 @@ def aggregate(
     scored = ~np.isnan(scores)
     medians = np.array([np.median(row[ok]) if ok.any() else np.nan for row, ok in zip(scores, scored)])
 
-    boot = np.full((n_models, n_boot), np.nan)
-    if n_units and n_boot:
-        idx = rng(seed, "bank", f"bootstrap/{label}", 0, "bootstrap").integers(0, n_units, size=(n_boot, n_units))
-        for m in range(n_models):
-            if scored[m].any():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # resamples of only NaN
-                    boot[m] = np.nanmedian(scores[m][idx], axis=1)
-    # p_best: a resample's winner is the highest median; ties split; NaN never wins.
-    filled = np.where(np.isnan(boot), -np.inf, boot)
-    best = filled.max(axis=0, keepdims=True)
-    winners = (filled == best) & np.isfinite(filled)
-    share = winners / np.maximum(winners.sum(axis=0, keepdims=True), 1)
-    p_best = share.mean(axis=1) if n_boot else np.zeros(n_models)
+    boot = bootstrap_medians(scores, n_boot=n_boot, seed=seed, label=label)
+    p_best = top_k_probability(boot, 1)
 
     enough = n_units >= MIN_UNITS
     out = []
@@ -100,6 +88,41 @@ def aggregate(
     return out, p_sep
 
 
+def bootstrap_medians(scores: np.ndarray, *, n_boot: int, seed: int, label: str = "") -> np.ndarray:
+    """(M, n_boot) medians per model of `n_boot` paired resamples of the units (one resample of
+    unit indices shared by every model; NaN units skipped; NaN where a resample holds none)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n_models, n_units = scores.shape
+    boot = np.full((n_models, n_boot), np.nan)
+    if n_units and n_boot:
+        idx = rng(seed, "bank", f"bootstrap/{label}", 0, "bootstrap").integers(0, n_units, size=(n_boot, n_units))
+        for m in range(n_models):
+            if not np.isnan(scores[m]).all():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # resamples of only NaN
+                    boot[m] = np.nanmedian(scores[m][idx], axis=1)
+    return boot
+
+
+def top_k_probability(boot: np.ndarray, k: int) -> np.ndarray:
+    """Per model, the share of resamples in which it is among the k best medians (ties at the
+    k-th place share it; NaN never counts). k = 1 is P(best)."""
+    n_models, n_boot = boot.shape
+    if not n_boot:
+        return np.zeros(n_models)
+    filled = np.where(np.isnan(boot), -np.inf, boot)
+    if k == 1:  # the winner of each resample; ties split
+        best = filled.max(axis=0, keepdims=True)
+        winners = (filled == best) & np.isfinite(filled)
+        return (winners / np.maximum(winners.sum(axis=0, keepdims=True), 1)).mean(axis=1)
+    kth = -np.sort(-filled, axis=0)[min(k, n_models) - 1]  # the k-th best median per resample
+    above = (filled > kth) & np.isfinite(filled)
+    at = (filled == kth) & np.isfinite(filled)
+    seats = np.maximum(min(k, n_models) - above.sum(axis=0), 0)
+    share = above + at * (seats / np.maximum(at.sum(axis=0), 1))
+    return share.mean(axis=1)
+
+
 def ranking_order(model_scores: list[ModelScore]) -> list[int]:
     """Indices in rank order: descending score, models without a score last, ties by name."""
     return sorted(
@@ -112,4 +135,4 @@ def _opt(x) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-__all__ = ["MIN_UNITS", "ModelScore", "aggregate", "ranking_order"]
+__all__ = ["MIN_UNITS", "ModelScore", "aggregate", "bootstrap_medians", "ranking_order", "top_k_probability"]
