@@ -122,6 +122,13 @@ def cmake_dir_cmd():
               help="Labels for a few target images (same names): also rank by the mean true score on them.")
 @click.option("--key", default=None, help="Dataset inside an HDF5/N5/Zarr container that holds several.")
 @click.option("--trust-code", is_flag=True, help="Allow running a package's Python architecture (pytorch_state_dict).")
+@click.option("--budget", default=None,
+              help="Answer early: score at most this fraction (0-1) or number of units, in a seeded order that "
+                   "covers the data; models that cannot make the top --keep-top stop early.")
+@click.option("--until-separated", is_flag=True,
+              help="Answer early: stop once the top pick (or every model from the next) is separated.")
+@click.option("--keep-top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --budget / --until-separated: models below 1%% chance of this top are eliminated.")
 @click.option("--output-space", default=None,
               help="Declare that every model of the bank predicts this output space (e.g. a bioimage.io package "
                    "beside sidecar models that name it differently).")
@@ -132,7 +139,7 @@ def cmake_dir_cmd():
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, device, max_images, axes,
              threshold, workers, scheduler, block, in_memory, cache, scores, similarity, rounds, labels, key, trust_code,
-             output_space, truth, as_json, no_progress):
+             budget, until_separated, keep_top, output_space, truth, as_json, no_progress):
     """Rank the models of BANK on the unlabelled TARGET.
 
     \b
@@ -166,7 +173,8 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
                    scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress,
                    score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds, truth=truth,
-                   output_space=output_space, labels=labels, key=key, trust_code=trust_code)
+                   output_space=output_space, labels=labels, key=key, trust_code=trust_code, budget=budget,
+                   until_separated=until_separated, keep_top=keep_top)
     if cache and not no_progress:
         p = ranking.predictions
         click.echo(f"segrank: cache {cache}: {p['reused']} tile predictions reused, {p['computed']} computed", err=True)
@@ -178,6 +186,10 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
             click.echo(f"{n_perts} perturbation settings, each ranked on its own "
                        "(one unperturbed run per model and image, shared):\n")
         click.echo(format_table(ranking.rows))
+        for score, race in (ranking.race or {}).items():
+            click.echo(f"race ({score}): stopped ({race['stop']}) after {race['units_visited']} of "
+                       f"{race['units_total']} units, {race['tasks']} of {race['tasks_full_run']} tasks of a full run",
+                       err=True)
         for note in (ranking.consensus or {}).get("warnings", []):
             click.echo(f"warning: {note}", err=True)
         for setting, t in (ranking.truth or {}).items():

@@ -6,163 +6,23 @@ used), an HDF5 file and an N5 container (with `key` naming the dataset when ther
 Nothing is read but metadata until a pixel is needed, and every array can be pickled to a
 dask.distributed worker (readers reopen their file there).
 
-Axes come from metadata (OME-Zarr axes, Zarr v3 ``dimension_names``, xarray's
-``_ARRAY_DIMENSIONS``, tif axes, an ``axes`` attribute) or from the caller. Without either, a
-2D array is "yx" and a 3D one "zyx"; other arrays need explicit axes. Every image is presented
-in canonical order: a subsequence of "czyx" (singleton time axes are dropped).
+Each image's axes are read from the file's metadata (or given by the caller) and brought into
+canonical order by `segrank.io.images`, whose `TargetImage`, `Target`, `canonical_axes` and
+`DirectRegions` are importable from here too.
 """
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .images import AXIS_ALIASES, DirectRegions, Target, TargetImage, canonical_axes, canonical_image, guess_axes
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-CANONICAL = "czyx"
-# Letters accepted in user or metadata axes, mapped to canonical letters.
-_AXIS_ALIASES = {"t": "t", "c": "c", "s": "c", "z": "z", "y": "y", "x": "x", "q": "z", "i": "z"}
-
-
-@dataclass(frozen=True)
-class TargetImage:
-    """One image or volume of a target.
-
-    Attributes
-    ----------
-    name : str
-        Unique within the target (file stem, or the array's name).
-    data : dask.array.Array
-        Lazy pixels, axes in canonical order.
-    axes : str
-        Subsequence of "czyx", e.g. "yx", "cyx", "zyx", "czyx".
-    source : Path
-        File or store the image comes from (for messages and cache keys).
-    direct : DirectRegions or None
-        The same pixels read straight from the stored array (no dask graph per read), when
-        the image is a chunked store; ``direct[region]`` equals ``data[region]``.
-    """
-
-    name: str
-    data: object
-    axes: str
-    source: Path = field(default=Path("."))
-    direct: object = field(default=None, repr=False, compare=False)
-
-    @property
-    def spatial_axes(self) -> str:
-        return "".join(a for a in self.axes if a in "zyx")
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(s for s, a in zip(self.data.shape, self.axes) if a in "zyx")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Images of a target, in a stable (sorted) order."""
-
-    source: Path
-    images: tuple[TargetImage, ...]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def canonical_axes(axes: str, shape: Sequence[int], where: str) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
-    """Map `axes` of an array of `shape` to canonical order.
-
-    Returns
-    -------
-    axes : str
-        Canonical axes.
-    drop : tuple of int
-        Positions of singleton time axes to remove.
-    order : tuple of int
-        Transpose (after dropping) that brings the rest into canonical order.
-    """
-    raw = axes.strip().lower()
-    if len(raw) != len(shape):
-        raise InputError(f"{where}: axes {axes!r} have {len(raw)} letters but the data has {len(shape)} dimensions {tuple(shape)}")
-    letters = []
-    for a in raw:
-        if a not in _AXIS_ALIASES:
-            raise InputError(f"{where}: unknown axis {a!r} in {axes!r} (use letters from 'tczyx')")
-        letters.append(_AXIS_ALIASES[a])
-    if len(set(letters)) != len(letters):
-        raise InputError(f"{where}: axes {axes!r} repeat an axis")
-    drop = []
-    for i, a in enumerate(letters):
-        if a == "t":
-            if shape[i] != 1:
-                raise InputError(f"{where}: a time axis of length {shape[i]} is not supported; pick one time point")
-            drop.append(i)
-    kept = [a for a in letters if a != "t"]
-    if "y" not in kept or "x" not in kept:
-        raise InputError(f"{where}: axes {axes!r} need both y and x")
-    canon = "".join(a for a in CANONICAL if a in kept)
-    order = tuple(kept.index(a) for a in canon)
-    return canon, tuple(drop), order
-
-
-def _guess_axes(ndim: int, where: str) -> str:
-    if ndim == 2:
-        return "yx"
-    if ndim == 3:
-        return "zyx"
-    raise InputError(f"{where}: a {ndim}D array without axis metadata; give its axes (e.g. --axes czyx)")
-
-
-@dataclass(frozen=True)
-class DirectRegions:
-    """Regions of a stored array read straight from it, in the image's canonical axes.
-
-    The dask array of a `TargetImage` builds and runs a small graph for every region read;
-    blockwise prediction reads thousands of regions, so it reads through this instead.
-    Picklable when `array` is (zarr arrays and the HDF5/N5 wrappers here are).
-
-    Attributes
-    ----------
-    array : array-like
-        The stored array (numpy-style basic indexing), in its own axis order.
-    drop : tuple of int
-        Axes of `array` fixed at index 0 (singleton time axes).
-    order : tuple of int
-        Canonical axis i is kept axis ``order[i]`` (the transpose applied to `data`).
-    """
-
-    array: object
-    drop: tuple[int, ...]
-    order: tuple[int, ...]
-
-    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
-        kept = [None] * len(self.order)
-        for i, r in enumerate(region):
-            kept[self.order[i]] = r
-        kept_iter = iter(kept)
-        index = tuple(0 if i in self.drop else next(kept_iter) for i in range(len(self.order) + len(self.drop)))
-        part = np.asarray(self.array[index])
-        return part.transpose(self.order) if self.order != tuple(range(len(self.order))) else part
-
-
-def _image(name: str, data, axes: str, source: Path, where: str, stored=None) -> TargetImage:
-    import dask.array as da
-
-    canon, drop, order = canonical_axes(axes, data.shape, where)
-    if drop:
-        data = data[tuple(0 if i in drop else slice(None) for i in range(data.ndim))]
-    if order != tuple(range(len(order))):
-        data = da.transpose(data, order)
-    if any(s == 0 for s in data.shape):
-        raise InputError(f"{where}: empty image of shape {tuple(data.shape)}")
-    direct = DirectRegions(stored, tuple(drop), tuple(order)) if stored is not None else None
-    return TargetImage(name, data, canon, Path(source), direct)
 
 
 # --- single files -------------------------------------------------------------------------
@@ -210,8 +70,8 @@ def _open_tif(path: Path, axes: str | None) -> TargetImage:
         data = da.from_delayed(dask.delayed(_read_tif)(str(path)), shape, dtype)
     if axes is None:
         meta_axes = meta_axes.lower()
-        axes = meta_axes if set(meta_axes) <= set(_AXIS_ALIASES) else _guess_axes(len(shape), where)
-    return _image(path.stem, data, axes, path, where)
+        axes = meta_axes if set(meta_axes) <= set(AXIS_ALIASES) else guess_axes(len(shape), where)
+    return canonical_image(path.stem, data, axes, path, where)
 
 
 def _open_png(path: Path, axes: str | None) -> TargetImage:
@@ -228,7 +88,7 @@ def _open_png(path: Path, axes: str | None) -> TargetImage:
     data = da.from_delayed(dask.delayed(_read_png)(str(path)), shape, dtype)
     if axes is None:
         axes = "yx" if len(shape) == 2 else "yxc"
-    return _image(path.stem, data, axes, path, where)
+    return canonical_image(path.stem, data, axes, path, where)
 
 
 # --- chunked stores -----------------------------------------------------------------------
@@ -284,8 +144,8 @@ def _open_hdf5(path: Path, axes: str | None, key: str | None) -> TargetImage:
         raise InputError(f"{where}: no dataset {key!r} (datasets: {', '.join(names[:8])})")
     ds = _H5Dataset(str(path), key.strip("/"))
     data = da.from_array(ds, chunks=ds.chunks or "auto", asarray=True, lock=False, inline_array=True)
-    axes = axes or _axes_attr(ds.attrs) or _guess_axes(ds.ndim, f"{where}:{key}")
-    return _image(key.strip("/").replace("/", "_"), data, axes, path, f"{where}:{key}", stored=ds)
+    axes = axes or _axes_attr(ds.attrs) or guess_axes(ds.ndim, f"{where}:{key}")
+    return canonical_image(key.strip("/").replace("/", "_"), data, axes, path, f"{where}:{key}", stored=ds)
 
 
 def _axes_attr(attrs) -> str | None:
@@ -354,9 +214,9 @@ def _open_n5(path: Path, axes: str | None, key: str | None) -> TargetImage:
         raise InputError(f"{where}: reading N5 needs the tensorstore package (pip install 'segrank[n5]')") from None
     ds = _N5Dataset(str(path), key)
     data = da.from_array(ds, chunks=ds.chunks, asarray=True, lock=False, inline_array=True)
-    axes = axes or ds.axes or _guess_axes(ds.ndim, f"{where}:{key}")
+    axes = axes or ds.axes or guess_axes(ds.ndim, f"{where}:{key}")
     name = path.stem if key == "." else key.replace("/", "_")
-    return _image(name, data, axes, path, f"{where}:{key}", stored=ds)
+    return canonical_image(name, data, axes, path, f"{where}:{key}", stored=ds)
 
 
 def _ome_multiscales(attrs: dict) -> list | None:
@@ -376,9 +236,9 @@ def _zarr_array_image(arr, name: str, axes: str | None, source: Path, where: str
             axes = "".join(str(n)[0] for n in names)
     if axes is None:
         axes = _axes_attr(dict(arr.attrs))
-    axes = axes or _guess_axes(arr.ndim, where)
+    axes = axes or guess_axes(arr.ndim, where)
     data = da.from_zarr(arr, inline_array=True)
-    return _image(name, data, axes, source, where, stored=arr)
+    return canonical_image(name, data, axes, source, where, stored=arr)
 
 
 def _open_zarr(path: Path, axes: str | None, key: str | None) -> TargetImage:

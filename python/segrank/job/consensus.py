@@ -215,12 +215,15 @@ class ConsensusOutcome:
     diagnostics: dict
     unit_scores: dict
     predictions: dict
+    race: object = None  # race.RaceState when the stage raced
+    tasks: int = 0  # tasks run (racing)
 
 
 def run_consensus(models, images, plan, run, executor, failures: list[Failure], *, metrics: dict, cache,
-                  options: dict) -> ConsensusOutcome:
+                  options: dict, race=None) -> ConsensusOutcome:
     """Store every model's unperturbed predictions (in `cache`, else OUT/predictions), score every
-    unit across models, and aggregate."""
+    unit across models, and aggregate; with an active `race` (race.RaceSettings), units are
+    visited in the race's order and eliminated models leave the consensus."""
     from ..scoring.cache import PredictionCache
     from ..scoring.consensus import resolve_similarity
     from .rows import consensus_rows
@@ -233,13 +236,28 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
     def options_of(model: Model) -> ScoringOptions:
         return ScoringOptions((), metrics[model.name], 1, o["seed"], o["threshold"], o["device"], o["threads"], store)
 
-    predictions = score_consensus(models, images, plan.sessions, options_of, run=run, executor=executor,
-                                  store=store.path, block=o["block"], tile=o["tile"], halo=o["halo"],
-                                  threshold=o["threshold"], failures=failures, progress=o["progress"])
+    similarity = resolve_similarity(o["similarity"], task)
+    state, ran = None, 0
+    if race is not None and race.active:
+        from .race import eliminated_rows
+        from .racing import race_consensus
+
+        state, ran, predictions = race_consensus(
+            models, images, plan.sessions, options_of, run=run, executor=executor, store=store.path, block=o["block"],
+            tile=o["tile"], halo=o["halo"], threshold=o["threshold"], failures=failures, settings=race,
+            similarity=similarity, n_boot=o["n_boot"], seed=o["seed"])
+        remaining = [m for m in models if m.name not in state.stopped or not state.stopped[m.name].startswith("elim")]
+    else:
+        predictions = score_consensus(models, images, plan.sessions, options_of, run=run, executor=executor,
+                                      store=store.path, block=o["block"], tile=o["tile"], halo=o["halo"],
+                                      threshold=o["threshold"], failures=failures, progress=o["progress"])
+        remaining = models
     rows, diagnostics, unit_scores = consensus_rows(
-        models, images, o["block"], run.agreement.read(), similarity=resolve_similarity(o["similarity"], task),
-        rounds=o["rounds"], providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"])
-    return ConsensusOutcome(rows, diagnostics, unit_scores, predictions)
+        remaining, images, o["block"], run.agreement.read(), similarity=similarity, rounds=o["rounds"],
+        providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"])
+    if state is not None and rows:
+        rows += eliminated_rows(state, rows[0])
+    return ConsensusOutcome(rows, diagnostics, unit_scores, predictions, state, ran)
 
 
 def _as_result(task, outcome) -> dict:

@@ -9,6 +9,8 @@ from ..errors import SegrankError
 from ..io.files import disk_full_as_error
 from .consensus import CONSENSUS, run_consensus
 from .labels import run_labels
+from .race import RaceSettings, order_by_race, parse_budget
+from .racing import race_cte
 from .execute import rank_executor
 from .failures import Failure, nothing_scored
 from .plan import (
@@ -48,6 +50,9 @@ def rank(
     output_space: str | None = None,
     key: str | None = None,
     trust_code: bool = False,
+    budget=None,
+    until_separated: bool = False,
+    keep_top: int = 3,
     n_boot: int = 1000,
     report: bool = True,
     progress: bool = True,
@@ -121,6 +126,15 @@ def rank(
         The dataset inside an HDF5 / N5 / Zarr container that holds several.
     trust_code : bool
         Allow running a bioimage.io package's Python architecture (pytorch_state_dict weights).
+    budget : float, int or str, optional
+        Race: score at most this fraction (<= 1) or number (> 1) of the units, visited in a
+        seeded order stratified over images and volume regions; models that cannot make the
+        top `keep_top` stop receiving units (`job.race`). None: every unit (the full ranking).
+    until_separated : bool
+        Race: stop once the leader's P(best) reaches 0.95 or every remaining model is separated
+        from the next.
+    keep_top : int
+        Race: models with a P(top keep_top) below 1 % are eliminated (at least this many stay).
     truth : path, optional
         A performance.json (`segrank evaluate`) of this bank on this target: ranking.json and the
         report then show how far each ranking agrees with it (the bundled example ships one).
@@ -163,15 +177,30 @@ def rank(
         failures += plan.failures
         executor = rank_executor(workers=workers, scheduler=scheduler, gpus=gpus, device=device,
                                  uses_cuda=bool(gpus) or CUDA in plan.providers.values())
-        predictions = predict_and_score(plan, executor, run, done, failures, progress=progress)
+        racing = RaceSettings(budget=parse_budget(budget) if isinstance(budget, str) else budget,
+                              until_separated=until_separated, keep_top=keep_top)
+        race_json = {}
+        if racing.active and "cte" in scores:
+            state, ran, predictions = race_cte(plan, executor, run, done, failures, models=models, images=images,
+                                               block=block, spec=specs[0], repeats=repeats, settings=racing,
+                                               n_boot=n_boot, seed=seed)
+            race_json["cte"] = race_summary(state, ran, models, images, block, failures)
+        else:
+            predictions = predict_and_score(plan, executor, run, done, failures, progress=progress)
         rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, block, n_boot, seed,
                             repeats) if "cte" in scores else []
+        if racing.active and "cte" in scores:
+            rows = order_by_race(rows, state)
         consensus = None
         if CONSENSUS in scores:
             consensus = run_consensus(
                 models, images, plan, run, executor, failures, metrics=metrics, cache=prediction_cache,
                 options=dict(seed=seed, threshold=threshold, device=device, threads=threads, block=block, tile=tile,
-                             halo=halo, similarity=similarity, rounds=rounds, n_boot=n_boot, progress=progress))
+                             halo=halo, similarity=similarity, rounds=rounds, n_boot=n_boot, progress=progress),
+                race=racing)
+            if consensus.race is not None:
+                consensus.rows = order_by_race(consensus.rows, consensus.race)
+                race_json[CONSENSUS] = race_summary(consensus.race, consensus.tasks, models, images, block, failures)
             rows += consensus.rows
             consensus.diagnostics["warnings"] += disagreement_warnings(rows)
             predictions = {k: predictions[k] + consensus.predictions[k] for k in predictions}
@@ -186,7 +215,8 @@ def rank(
         ranking = Ranking(rows=rows, settings=settings, failures=failures, out=run.out, predictions=predictions,
                           consensus=consensus.diagnostics if consensus else None,
                           unit_scores={CONSENSUS: consensus.unit_scores} if consensus else None,
-                          truth=compare_with_truth(rows, json.loads(Path(truth).read_text())) if truth else None)
+                          truth=compare_with_truth(rows, json.loads(Path(truth).read_text())) if truth else None,
+                          race=race_json or None)
         write(ranking, models, images, specs, plan, report=report, options=dict(
             seed=seed, threshold=threshold, device=device, cache=prediction_cache), block=block, tile=tile, halo=halo)
         if not any(r["n_scored"] for r in rows):
@@ -208,6 +238,15 @@ def write(ranking: Ranking, models, images, specs, plan, *, report: bool, option
         examples = example_tiles(ranking.rows, models, images, specs[0], options=options,
                                  dropout_models=plan.dropout_models, block=block, tile=tile, halo=halo)
     write_outputs(ranking, report=report, examples=examples)
+
+
+def race_summary(state, tasks: int, models, images, block, failures) -> dict:
+    """ranking.json's "race" entry for one score: why it stopped, units and tasks against a full run."""
+    from .units import units_of
+
+    n_units = sum(len(units_of(im, block)) for im in images)
+    ok = len({m.name for m in models} - {f.model for f in failures if f.stage.value in ("load", "session")})
+    return state.to_json(units_total=n_units, tasks_done=tasks, tasks_full=ok * n_units)
 
 
 def predict_and_score(plan, executor, run: RunDirectory, done: dict, failures: list[Failure], *,

@@ -29,6 +29,7 @@ class Ranking:
     consensus: dict | None = None  # the consensus diagnostics (see `consensus_rows`)
     truth: dict | None = None  # agreement with a known true ranking (`compare_with_truth`)
     unit_scores: dict | None = None  # {setting: {model: per-unit scores}} not in per_image.csv (report only)
+    race: dict | None = None  # per score, how a race (--budget / --until-separated) went
 
     def to_json(self) -> dict:
         document = {
@@ -42,6 +43,8 @@ class Ranking:
             document["consensus"] = self.consensus
         if self.truth is not None:
             document["truth"] = self.truth
+        if self.race is not None:
+            document["race"] = self.race
         return document
 
 

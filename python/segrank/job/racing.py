@@ -1,0 +1,198 @@
+"""Running a race (`race.RaceSettings`) for the CTE tasks and for the consensus stage.
+
+Both drivers hand the executor one task at a time (`Executor.stream`), unit by unit in the
+race's visiting order, only for models still in the race; they append results as they come,
+evaluate the race every `round_size` finished units, and stop handing out tasks when the race
+stops. A rerun replays the same order and evaluations, so it skips what is done and continues.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..errors import SegrankError
+from .race import RaceSettings, RaceState, visiting_order
+
+
+class _Driver:
+    """Unit-by-unit task hand-out with evaluation checkpoints (shared by both drivers)."""
+
+    def __init__(self, order, names, remaining, settings: RaceSettings, *, evaluate, n_boot: int, seed: int):
+        self.order, self.settings = order, settings
+        self.state = RaceState(list(names), set(remaining))
+        self.budget = settings.budget_units(len(order))
+        self.round = settings.round_size(len(order))
+        self.position = 0
+        self.queue: list = []  # tasks ready to hand out, first served
+        self.open: dict[str, int] = {}  # unit -> tasks still running
+        self.finished: list[str] = []
+        self._evaluate, self.n_boot, self.seed = evaluate, n_boot, seed
+
+    def next_task(self):
+        while not self.queue:
+            if self.state.stop or self.position >= self.budget:
+                return None
+            unit = self.order[self.position]
+            self.position += 1
+            tasks = self.tasks_for(unit)
+            if tasks:
+                self.open[unit.name] = len(tasks)
+                self.queue += tasks
+            else:
+                self.unit_done(unit.name)
+        return self.queue.pop(0)
+
+    def tasks_for(self, unit) -> list:
+        raise NotImplementedError
+
+    def unit_done(self, name: str) -> None:
+        self.finished.append(name)
+        self.state.visited = len(self.finished)
+        if len(self.finished) % self.round == 0:
+            self.state.evaluate(self._evaluate(self.finished), self.settings, n_boot=self.n_boot, seed=self.seed)
+
+    def task_done(self, unit: str) -> None:
+        self.open[unit] -= 1
+        if self.open[unit] == 0:
+            del self.open[unit]
+            self.unit_done(unit)
+
+    def finish(self) -> RaceState:
+        if self.finished and len(self.finished) % self.round:
+            self.state.evaluate(self._evaluate(self.finished), self.settings, n_boot=self.n_boot, seed=self.seed)
+        self.state.finish("complete" if self.position >= len(self.order) and not self.state.stop else "budget")
+        return self.state
+
+
+def race_cte(plan, executor, run, done: dict, failures: list, *, models, images, block, spec, repeats: int,
+             settings: RaceSettings, n_boot: int, seed: int) -> tuple[RaceState, int, dict]:
+    """Race the CTE tasks of `plan` on the first perturbation setting `spec`; (state, tasks run,
+    predictions counts)."""
+    from .rows import unit_matrix
+
+    by_unit: dict[str, list] = {}
+    for task in plan.tasks:
+        units = getattr(task, "units", None) or (task.unit,)
+        if len(units) != 1:
+            raise SegrankError("--budget / --until-separated score volumes block by block; drop --in-memory")
+        by_unit.setdefault(units[0].name, []).append(task)
+    failed = {f.model for f in plan.failures}
+    names = [m.name for m in models]
+    ranked = [m for m in models if m.name not in failed]
+
+    class Driver(_Driver):
+        def tasks_for(self, unit):
+            return [t for t in by_unit.get(unit.name, []) if _model(t) in self.state.remaining]
+
+    driver = Driver(visiting_order(images, block, seed), names, [m.name for m in ranked], settings,
+                    evaluate=lambda units: unit_matrix(models, units, str(spec), done, repeats),
+                    n_boot=n_boot, seed=seed)
+    ran, predictions = 0, {"reused": 0, "computed": 0}
+    for task, result in executor.stream(driver.next_task):
+        ran += 1
+        if isinstance(result, BaseException):
+            result = {"failure": task.failure(f"{type(result).__name__}: {result}")}
+        if "failure" in result:
+            failures.append(result["failure"])
+            print(f"segrank: {result['failure'].error}", file=sys.stderr)
+        else:
+            for k, n in result.get("predictions", {}).items():
+                predictions[k] += n
+            run.append(result["rows"])
+            for row in result["rows"]:
+                done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
+        driver.task_done(_unit(task))
+    return driver.finish(), ran, predictions
+
+
+def race_consensus(models, images, sessions, options_of, *, run, executor, store: str, block, tile, halo,
+                   threshold: float, failures: list, settings: RaceSettings, similarity: str, n_boot: int,
+                   seed: int) -> tuple[RaceState, int, dict]:
+    """Race the consensus stage: per unit, every remaining model's store task, then the unit's
+    agreement task; (state, tasks run, predictions counts)."""
+    from ..scoring.consensus import pairwise_scores, similarity_matrices
+    from .consensus import AgreementTask, store_tasks
+
+    order = visiting_order(images, block, seed)
+    done_units = {r["unit"] for r in run.agreement.read()}
+    pending = {}
+    for u in order:
+        if u.name not in done_units:
+            pending.setdefault(u.image, set()).add(u.name)
+    tasks, planning = store_tasks(models, images, sessions, options_of, block=block, tile=tile, halo=halo,
+                                  pending_images=pending)
+    failures += planning
+    by_unit: dict[str, list] = {}
+    for task in tasks:
+        by_unit.setdefault(task.unit.name if task.unit is not None else task.image.name, []).append(task)
+    by_name = {m.name: m for m in models}
+    instances = all(m.task == "instance" for m in models)
+    keys: dict[tuple[str, str], str] = {}
+    failed = {f.model for f in planning}
+    rows = run.agreement.read()
+
+    def evaluate(units):
+        names = sorted(driver.state.remaining, key=list(by_name).index)
+        sim, _ = similarity_matrices(rows, names, units, similarity)
+        scores = pairwise_scores(sim).per_unit
+        full = np.full((len(by_name), len(units)), np.nan)
+        for i, name in enumerate(names):
+            full[list(by_name).index(name)] = scores[i]
+        return full
+
+    class Driver(_Driver):
+        def tasks_for(self, unit):
+            self.stored_for = getattr(self, "stored_for", {})
+            todo = [t for t in by_unit.get(unit.name, []) if t.model.name in self.state.remaining]
+            self.stored_for[unit.name] = (unit, {t.model.name for t in todo})
+            return todo
+
+    driver = Driver(order, list(by_name), [n for n in by_name if n not in failed], settings, evaluate=evaluate,
+                    n_boot=n_boot, seed=seed)
+    ran, predictions = 0, {"reused": 0, "computed": 0}
+    for task, result in executor.stream(driver.next_task):
+        ran += 1
+        if isinstance(result, BaseException):
+            result = {"failure": task.failure(f"{type(result).__name__}: {result}")}
+        unit = task.unit.name if task.unit is not None else getattr(task, "image", None)
+        unit = unit if isinstance(unit, str) else unit.name
+        if "failure" in result:
+            failures.append(result["failure"])
+        elif "stored" in result:
+            model, image, key = result["stored"]
+            keys[(model, image)] = key
+            for k, n in result.get("predictions", {}).items():
+                predictions[k] += n
+        else:
+            run.agreement.append(result["agreement"])
+            rows += result["agreement"]
+        if isinstance(task, AgreementTask):
+            driver.task_done(unit)
+            continue
+        # a store task: when the unit's last one is back, its agreement task goes first in line
+        driver.open[unit] -= 1
+        if driver.open[unit] == 0:
+            unit_obj, _ = driver.stored_for[unit]
+            usable = [n for n in by_name if (n, unit_obj.image) in keys and n in driver.state.remaining]
+            if len(usable) >= 2:
+                driver.open[unit] = 1
+                driver.queue.insert(0, AgreementTask(unit_obj, tuple(by_name[n] for n in usable),
+                                                     tuple(keys[(n, unit_obj.image)] for n in usable), store,
+                                                     threshold, instances))
+            else:
+                del driver.open[unit]
+                driver.unit_done(unit)
+    return driver.finish(), ran, predictions
+
+
+def _model(task) -> str:
+    return (task.model if hasattr(task, "model") else task.job.model).name
+
+
+def _unit(task) -> str:
+    units = getattr(task, "units", None) or (task.unit,)
+    return units[0].name
+
+
+__all__ = ["race_consensus", "race_cte"]

@@ -1,0 +1,98 @@
+"""Racing: seeded stratified order, elimination, early stop, resume, and no race = the full ranking."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from model_factory import blob_image, smooth_threshold_model, write_sidecar
+
+from segrank.io.targets import open_target
+from segrank.job import rank
+from segrank.job.race import RaceSettings, parse_budget, visiting_order
+
+KW = dict(progress=False, n_boot=200, perturbations=["noise:0.1-0.2"], device="cpu", report=False)
+
+
+@pytest.fixture
+def many(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(16):
+        tifffile.imwrite(folder / f"im{i:02d}.tif", blob_image(i, shape=(64, 64), n=4)[0])
+    return folder
+
+
+def _scores(ranking, setting=None):
+    return {r["name"]: r for r in ranking.rows if setting is None or r["perturbation"] == setting}
+
+
+def test_visiting_order_is_seeded_complete_and_stratified(tmp_path):
+    from volume_factory import write_volume
+
+    images = open_target(write_volume(tmp_path / "vol.zarr")).images
+    order = visiting_order(images, (4, 12, 12), seed=0)
+    names = [u.name for u in order]
+    assert len(names) == len(set(names)) == 4 * 3 * 4
+    assert names == [u.name for u in visiting_order(images, (4, 12, 12), seed=0)]
+    assert names != [u.name for u in visiting_order(images, (4, 12, 12), seed=1)]
+    octants = {tuple(2 * r.start // s for r, s in zip(u.region, (14, 36, 44))) for u in order[:8]}
+    assert len(octants) == 8  # the first 8 units cover the 8 regions of the volume
+
+
+def test_budget_parsing():
+    assert parse_budget("0.25") == 0.25 and parse_budget("40") == 40.0 and parse_budget(None) is None
+    assert RaceSettings(budget=0.25).budget_units(16) == 4 and RaceSettings(budget=40).budget_units(16) == 16
+    with pytest.raises(Exception, match="--budget"):
+        parse_budget("2.5")
+
+
+def test_a_race_over_every_unit_without_elimination_is_the_full_ranking(noise_bank, many, tmp_path):
+    full = rank(noise_bank, many, out=tmp_path / "full", **KW)
+    raced = rank(noise_bank, many, out=tmp_path / "race", budget=1.0, keep_top=2, **KW)
+    assert [(r["name"], r["score"]) for r in raced.rows] == [(r["name"], r["score"]) for r in full.rows]
+    race = raced.race["cte"]
+    assert race["stop"] == "complete" and race["units_visited"] == 16 and race["tasks"] == race["tasks_full_run"] == 32
+    assert full.race is None
+
+
+def test_a_model_that_cannot_make_the_top_is_eliminated_and_a_rerun_continues(noise_bank, many, tmp_path):
+    write_sidecar(smooth_threshold_model(noise_bank / "smooth_b.onnx", level=0.45))
+    common = dict(KW, keep_top=1)
+    first = rank(noise_bank, many, out=tmp_path / "run", budget=0.5, **common)
+    race = first.race["cte"]
+    assert race["stop"] == "budget" and race["units_visited"] == 8 and race["tasks"] < race["tasks_full_run"]
+    rows = _scores(first)
+    assert rows["sharp"]["stopped"].startswith("eliminated at round") and rows["sharp"]["n_scored"] < 8
+    assert [r["name"] for r in first.rows][-1] == "sharp" and rows["sharp"]["rank"] == 3
+    doc = json.loads((tmp_path / "run" / "ranking.json").read_text())
+    assert doc["race"]["cte"]["models"]["sharp"].startswith("eliminated")
+    more = rank(noise_bank, many, out=tmp_path / "run", budget=1.0, **common)
+    fresh = rank(noise_bank, many, out=tmp_path / "fresh", budget=1.0, **common)
+    assert more.race["cte"]["tasks"] < fresh.race["cte"]["tasks"]  # the first 8 units were not redone
+    assert [(r["name"], r["score"], r["stopped"]) for r in more.rows] == \
+        [(r["name"], r["score"], r["stopped"]) for r in fresh.rows]
+
+
+def test_until_separated_stops_once_the_leader_is_clear(noise_bank, many, tmp_path):
+    raced = rank(noise_bank, many, out=tmp_path / "run", until_separated=True, keep_top=1, **KW)
+    race = raced.race["cte"]
+    assert race["stop"] == "separated" and race["units_visited"] < 16
+    assert max(race["rounds"][-1]["p_best"].values()) >= 0.95 and raced.rows[0]["name"] == "smooth"
+
+
+def test_the_consensus_races_and_an_eliminated_model_leaves_it(noise_bank, many, tmp_path):
+    write_sidecar(smooth_threshold_model(noise_bank / "smooth_b.onnx", level=0.45))
+    write_sidecar(smooth_threshold_model(noise_bank / "blind.onnx", level=50.0))
+    raced = rank(noise_bank, many, out=tmp_path / "run", score="consensus", budget=0.75, keep_top=2, **KW)
+    race = raced.race["consensus"]
+    rows = _scores(raced, "consensus")
+    assert race["units_visited"] == 12 and race["tasks"] < race["tasks_full_run"] + race["units_visited"]
+    assert rows["blind"]["stopped"].startswith("eliminated") and rows["blind"]["rank"] == 4
+    # the remaining models are scored among themselves on every visited unit
+    remaining = [r for r in rows.values() if r["stopped"] == "budget"]
+    assert len(remaining) >= 2 and all(r["n_scored"] == 12 for r in remaining)
+    assert all(r["n_scored"] < 12 for r in rows.values() if r["stopped"].startswith("eliminated"))
+    assert np.isfinite([r["score"] for r in remaining]).all()
+    assert [r["rank"] for r in remaining] == list(range(1, len(remaining) + 1))
