@@ -96,3 +96,10 @@ def test_the_consensus_races_and_an_eliminated_model_leaves_it(noise_bank, many,
     assert all(r["n_scored"] < 12 for r in rows.values() if r["stopped"].startswith("eliminated"))
     assert np.isfinite([r["score"] for r in remaining]).all()
     assert [r["rank"] for r in remaining] == list(range(1, len(remaining) + 1))
+
+
+def test_the_report_shows_the_race(noise_bank, many, tmp_path):
+    raced = rank(noise_bank, many, out=tmp_path / "run", budget=0.75, keep_top=1, **dict(KW, report=True))
+    assert (tmp_path / "run" / "race.png").stat().st_size > 1000
+    assert "race" in (tmp_path / "run" / "report.html").read_text()
+    assert raced.race["cte"]["rounds"]

@@ -5,7 +5,7 @@ import csv
 from collections import defaultdict
 
 from .html import write_html
-from .plots import plot_agreement, plot_distributions, plot_examples, plot_ranking
+from .plots import plot_agreement, plot_distributions, plot_examples, plot_race, plot_ranking
 from .tables import format_table, write_ranking_csv, write_ranking_json
 
 
@@ -28,6 +28,9 @@ def write_outputs(ranking, *, report: bool = True, examples: list[dict] | None =
         c = document["consensus"]
         figures.append(out / "agreement.png")
         plot_agreement(c["models"], c["matrix"], c["groups"], figures[-1])
+    if document.get("race") and any(r["rounds"] for r in document["race"].values()):
+        figures.append(out / "race.png")
+        plot_race({k: r for k, r in document["race"].items() if r["rounds"]}, figures[-1])
     write_html(document, out, figures)
 
 

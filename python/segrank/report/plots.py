@@ -90,6 +90,30 @@ def plot_agreement(names: list[str], matrix: list[list[float | None]], groups: l
     plt.close(fig)
 
 
+def plot_race(race: dict, path: Path) -> None:
+    """P(best) of each model over the units scored, one panel per raced score; a cross marks an
+    elimination."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(race), figsize=(5.5 * len(race), 3.8), squeeze=False)
+    for ax, (score, r) in zip(axes[0], race.items()):
+        names = list(dict.fromkeys(n for rd in r["rounds"] for n in rd["p_best"]))
+        for k, name in enumerate(names):
+            pts = [(rd["units"], rd["p_best"][name]) for rd in r["rounds"] if name in rd["p_best"]]
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker=".", color=f"C{k % 10}", label=name)
+            if r["models"].get(name, "").startswith("eliminated"):
+                ax.plot(xs[-1], ys[-1], "x", color=f"C{k % 10}", markersize=9)
+        ax.set_xlabel("units scored")
+        ax.set_ylabel("P(best)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{score}: stopped ({r['stop']}), {r['tasks']} of {r['tasks_full_run']} tasks", fontsize=9)
+        ax.legend(fontsize=6, ncol=2)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+    plt.close(fig)
+
+
 def plot_examples(examples: list[dict], path: Path) -> None:
     """Rows of (image, unperturbed, perturbed prediction) tiles, e.g. for the best and worst model."""
     plt = _pyplot()
