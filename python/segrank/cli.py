@@ -111,13 +111,13 @@ def cmake_dir_cmd():
                    "later runs with the same cache, into any --out, reuse them and compute only what changed. "
                    "Default: no cache.")
 @click.option("--score", "scores", multiple=True, type=click.Choice(["cte", "consensus"]),
-              help="What to rank by (repeatable; each ranked on its own): cte, consistency under perturbation; "
-                   "consensus, agreement with the other models of the bank (unperturbed runs only). "
-                   "Default: cte.")
+              help="What to rank by (repeatable; each ranked on its own): consensus, agreement with the other "
+                   "models of the bank (unperturbed runs only); cte, consistency under perturbation. "
+                   "Default: consensus, or cte when --perturbation is given.")
 @click.option("--similarity", type=click.Choice(["auto", "dice", "ei", "map"]), default="auto", show_default=True,
-              help="Consensus: similarity of two models' predictions (auto: map for instance banks, else dice).")
-@click.option("--rounds", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Consensus: re-weighting rounds (0: every model weighs the same).")
+              help="Consensus: similarity of two models' predictions (auto: map for instance banks, else ei).")
+@click.option("--rounds", type=click.IntRange(min=0), default=None,
+              help="Consensus: re-weighting rounds (0: every model weighs the same; default 5, 3 for instance banks).")
 @click.option("--labels", type=click.Path(exists=True, file_okay=False), default=None,
               help="Labels for a few target images (same names): also rank by the mean true score on them.")
 @click.option("--key", default=None, help="Dataset inside an HDF5/N5/Zarr container that holds several.")
@@ -153,7 +153,6 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
     rerun into the same folder resumes.
     """
     from .job import rank
-    from .job.plan import DEFAULT_SCORE
     from .report import format_table
 
     if example:
@@ -172,7 +171,7 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
     ranking = rank(bank, target, out=out, perturbations=perturbations, metric=metric, repeats=repeats, seed=seed,
                    device=device, max_images=max_images, axes=axes, threshold=threshold, workers=workers,
                    scheduler=scheduler, block=block, in_memory=in_memory, cache=cache, progress=not no_progress,
-                   score=scores or DEFAULT_SCORE, similarity=similarity, rounds=rounds, truth=truth,
+                   score=scores or None, similarity=similarity, rounds=rounds, truth=truth,
                    output_space=output_space, labels=labels, key=key, trust_code=trust_code, budget=budget,
                    until_separated=until_separated, keep_top=keep_top)
     if cache and not no_progress:

@@ -43,9 +43,10 @@ def test_dropout_redundant_model_ranks_first(dropout_bank, blob_target, tmp_path
 
 
 def test_default_perturbation_is_dropout_when_possible(dropout_bank, noise_bank, blob_target, tmp_path):
-    r1 = rank(dropout_bank, blob_target, out=tmp_path / "a", progress=False, n_boot=50, report=False)
+    # the default score is consensus (issue 14); this is CTE's own default perturbation
+    r1 = rank(dropout_bank, blob_target, out=tmp_path / "a", progress=False, n_boot=50, report=False, score="cte")
     assert {r["perturbation"] for r in r1.rows} == {"dropout:0.2"}
-    r2 = rank(noise_bank, blob_target, out=tmp_path / "b", progress=False, n_boot=50, report=False)
+    r2 = rank(noise_bank, blob_target, out=tmp_path / "b", progress=False, n_boot=50, report=False, score="cte")
     assert {r["perturbation"] for r in r2.rows} == {"noise:0.1-0.2"}
 
 
@@ -182,6 +183,14 @@ def test_model_without_grey_box_rewrite_fails_under_dropout_only(noise_bank, dro
     assert {f["model"] for f in ranking.failures if f["stage"] == "greybox"} == {"smooth", "sharp"}
     noise = _scores(ranking, "noise:0.1-0.2")
     assert all(r["status"] == "ok" for r in noise.values()) and noise["smooth"]["rank"] < noise["sharp"]["rank"]
+
+
+def test_default_score_is_consensus_unless_perturbations_are_given(noise_bank, blob_target, tmp_path):
+    plain = rank(noise_bank, blob_target, out=tmp_path / "a", progress=False, n_boot=50, report=False)
+    assert {r["perturbation"] for r in plain.rows} == {"consensus"} and plain.rows[0]["metric"] == "ei"
+    given = rank(noise_bank, blob_target, out=tmp_path / "b", progress=False, n_boot=50, report=False,
+                 perturbations=["noise:0.1"])
+    assert {r["perturbation"] for r in given.rows} == {"noise:0.1"}
 
 
 def test_public_api_is_complete_and_typed():

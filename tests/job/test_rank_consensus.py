@@ -50,7 +50,7 @@ def test_consensus_runs_each_model_once_per_image_and_ranks_the_outlier_last(ban
     rows = _consensus(ranking)
     assert set(rows) == {"smooth", "smooth_b", "smooth_c", "sharp", "high"}
     assert rows["high"]["rank"] == 5 and rows["smooth"]["rank"] <= 3
-    assert all(r["estimator"] == "consensus" and r["metric"] == "dice" and r["n_scored"] == 6 for r in rows.values())
+    assert all(r["estimator"] == "consensus" and r["metric"] == "ei" and r["n_scored"] == 6 for r in rows.values())
     assert runs == {"unperturbed": 5 * 6}  # no perturbed run at all
     assert not [r for r in ranking.rows if r["perturbation"] != "consensus"]
     doc = json.loads((tmp_path / "run" / "ranking.json").read_text())

@@ -88,6 +88,6 @@ def test_two_camps_are_two_groups_and_no_majority_is_flagged():
 
 
 def test_similarity_by_task():
-    assert resolve_similarity("auto", "instance") == "map" and resolve_similarity("auto", "semantic") == "dice"
+    assert resolve_similarity("auto", "instance") == "map" and resolve_similarity("auto", "semantic") == "ei"
     with pytest.raises(ValueError, match="unknown similarity"):
         resolve_similarity("iou", "semantic")

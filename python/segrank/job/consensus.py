@@ -225,7 +225,7 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
     unit across models, and aggregate; with an active `race` (race.RaceSettings), units are
     visited in the race's order and eliminated models leave the consensus."""
     from ..scoring.cache import PredictionCache
-    from ..scoring.consensus import resolve_similarity
+    from ..scoring.consensus import resolve_rounds, resolve_similarity
     from .rows import consensus_rows
 
     o = options
@@ -253,7 +253,8 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
                                       threshold=o["threshold"], failures=failures, progress=o["progress"])
         remaining = models
     rows, diagnostics, unit_scores = consensus_rows(
-        remaining, images, o["block"], run.agreement.read(), similarity=similarity, rounds=o["rounds"],
+        remaining, images, o["block"], run.agreement.read(), similarity=similarity,
+        rounds=resolve_rounds(o["rounds"], task),
         providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"])
     if state is not None and rows:
         rows += eliminated_rows(state, rows[0])

@@ -14,7 +14,7 @@ from .racing import race_cte
 from .execute import rank_executor
 from .failures import Failure, nothing_scored
 from .plan import (
-    DEFAULT_SCORE, check_options, check_scores, choose_perturbations, default_block, load_inputs, plan_tasks,
+    check_options, check_scores, choose_perturbations, default_block, load_inputs, plan_tasks,
     run_settings,
 )
 from .rows import Ranking, compare_with_truth, disagreement_warnings, ranking_rows
@@ -42,9 +42,9 @@ def rank(
     scheduler: str | None = None,
     gpus=None,
     cache=None,
-    score=DEFAULT_SCORE,
+    score=None,
     similarity: str = "auto",
-    rounds: int = 0,
+    rounds: int | None = None,
     labels=None,
     truth=None,
     output_space: str | None = None,
@@ -106,16 +106,19 @@ def rank(
         by its content (`segrank.scoring.cache`): another run with the same cache, into any
         `out`, computes only the predictions not stored yet and gives the same scores. Default:
         no cache (a rerun into the same `out` still resumes from its per-image scores).
-    score : str or sequence of {"cte", "consensus"}
-        What to rank by, each ranked on its own: "cte", the consistency of each model under
-        the perturbations; "consensus", each model's agreement with the other models of the
-        bank on the same units (only unperturbed runs; they are kept in `cache`, else in
-        OUT/predictions, and read back per unit; see `segrank.scoring.consensus`).
+    score : str or sequence of {"cte", "consensus"}, optional
+        What to rank by, each ranked on its own: "consensus", each model's agreement with the
+        other models of the bank on the same units (only unperturbed runs; they are kept in
+        `cache`, else in OUT/predictions, and read back per unit; `segrank.scoring.consensus`);
+        "cte", the consistency of each model under the perturbations. Default: consensus (it
+        ranked the benchmark's real banks better), or cte when `perturbations` are given.
     similarity : {"auto", "dice", "ei", "map"}
         The consensus score's similarity between two models' predictions of a unit; auto: map
-        (instance labels) for instance banks, dice for semantic ones.
-    rounds : int
-        Re-weighting rounds of the consensus score (0: every model weighs the same).
+        (instance labels) for instance banks, ei (the EI formula between two models) for
+        semantic ones.
+    rounds : int, optional
+        Re-weighting rounds of the consensus score (0: every model weighs the same); default
+        5 for semantic banks, 3 for instance banks (the benchmark's best, declared variants).
     labels : path, optional
         A folder with labels for a few of the target's 2D images (named like them): the setting
         "labels" then ranks the models by their mean true score on those images (F1, or mAP for
@@ -151,7 +154,7 @@ def rank(
     from ..scoring import resolve_metric
     from ..scoring.cache import PredictionCache
 
-    block, scores = check_options(repeats, block), check_scores(score)
+    block, scores = check_options(repeats, block), check_scores(score, perturbations=perturbations)
     run = RunDirectory(Path(out))
     with run.lock(), disk_full_as_error(run.out):
         models, images, failures = load_inputs(bank, target, axes=axes, max_images=max_images, seed=seed,

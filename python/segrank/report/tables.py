@@ -37,6 +37,8 @@ def setting_title(setting: str, metric: str) -> str:
     """How a setting's block is headed: what its score is, and that higher is better."""
     what = SCORE_MEANING.get(metric, metric)
     if setting == "consensus":
+        what = {"ei": "mean EI form with the others", "dice": "mean Dice with the others",
+                "map": "mean mAP with the others"}.get(metric, metric)
         return f"consensus (agreement with the bank), score = {what} ({metric}); higher = more agreement"
     if setting == "labels":
         return f"few labels, score = {what if metric == 'f1' else 'mean mAP on the labelled images'}"

@@ -19,10 +19,15 @@ SIMILARITIES = ("dice", "ei", "map")
 AGREEMENT_FIELDS = ("unit", "model", "other", "n_both", "n_union", "ei_sum", "map")
 
 
+# Defaults chosen by the benchmark (benchmarks/README.md, "Consensus and few labels"): the
+# declared variants with the best mean Spearman over the four task banks, run and replicate.
+DEFAULT_ROUNDS = {"semantic": 5, "instance": 3}
+
+
 def resolve_similarity(similarity: str, task: str) -> str:
-    """``auto``: mAP between instance labels for instance banks, Dice for semantic ones."""
+    """``auto``: mAP between instance labels for instance banks, the EI form for semantic ones."""
     if similarity == "auto":
-        return "map" if task == "instance" else "dice"
+        return "map" if task == "instance" else "ei"
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; choose from auto, {', '.join(SIMILARITIES)}")
     return similarity
@@ -213,7 +218,12 @@ def majority_share(groups: np.ndarray) -> float:
     return float(np.bincount(groups).max() / groups.size)
 
 
+def resolve_rounds(rounds: int | None, task: str) -> int:
+    """Re-weighting rounds: as given, else `DEFAULT_ROUNDS` for the task."""
+    return DEFAULT_ROUNDS[task] if rounds is None else int(rounds)
+
+
 __all__ = [
-    "AGREEMENT_FIELDS", "ConsensusResult", "SIMILARITIES", "agreement_groups", "majority_share", "pairwise_scores",
+    "AGREEMENT_FIELDS", "DEFAULT_ROUNDS", "resolve_rounds", "ConsensusResult", "SIMILARITIES", "agreement_groups", "majority_share", "pairwise_scores",
     "resolve_similarity", "similarity_matrices", "unit_agreement_rows",
 ]
