@@ -1,0 +1,119 @@
+"""How early can a race answer? Racing replayed on the consensus benchmark's stored statistics.
+
+For every target of `consensus_quality.py` (its run folders must exist: run that first), the
+race's own decision code (`segrank.job.race`: visiting order, RaceState's bootstrap, elimination
+and stopping) is replayed over the per-unit agreement rows the full run stored, so no inference
+is repeated: a unit costs one task per model still in the race (its unperturbed prediction), as
+in `rank(score="consensus", budget=..., until_separated=...)` run in this process. Compared with
+the full run on the same targets: tasks used, whether the top pick and the top 3 are the same,
+and the regret against the full run's pick and against the true best (labels).
+
+    python benchmarks/racing.py                       # the main targets (n10, seed 0)
+    python benchmarks/racing.py --max-images 20 --seed 1 --report racing_replicate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import ranking_quality as rq  # noqa: E402
+
+SETTINGS = {  # declared before the first run
+    "until separated (keep top 3)": dict(until_separated=True, keep_top=3),
+    "budget 1/3 (keep top 3)": dict(budget=1 / 3, keep_top=3),
+    "budget 1/3 + until separated": dict(budget=1 / 3, until_separated=True, keep_top=3),
+}
+
+
+def replay(rows: list[dict], names: list[str], units: list[str], task: str, settings, seed: int, n_boot: int):
+    """(order of the final ranking, tasks used, units visited) of one race over stored rows."""
+    from segrank.job.race import RaceState
+    from segrank.scoring.consensus import pairwise_scores, resolve_rounds, resolve_similarity, similarity_matrices
+
+    similarity = resolve_similarity("auto", task)
+    state = RaceState(list(names), set(names))
+    budget = settings.budget_units(len(units))
+    step = settings.round_size(len(units))
+    tasks, visited = 0, []
+    for unit in units[:budget]:
+        tasks += len(state.remaining)
+        visited.append(unit)
+        state.visited = len(visited)
+        if len(visited) % step == 0 or len(visited) == budget:
+            keep = [n for n in names if n in state.remaining]
+            sim, _ = similarity_matrices(rows, keep, visited, similarity)
+            per = np.full((len(names), len(visited)), np.nan)
+            per[[names.index(n) for n in keep]] = pairwise_scores(sim).per_unit
+            state.evaluate(per, settings, n_boot=n_boot, seed=seed)
+            if state.stop:
+                break
+    keep = [n for n in names if n in state.remaining]
+    sim, _ = similarity_matrices(rows, keep, visited, similarity)
+    final = pairwise_scores(sim, rounds=resolve_rounds(None, task)).per_unit
+    with np.errstate(all="ignore"):
+        score = {n: float(np.nanmedian(final[i])) for i, n in enumerate(keep)}
+    return sorted(keep, key=lambda n: -score[n]), tasks, len(visited)
+
+
+def main(argv=None) -> int:
+    from segrank.job.race import RaceSettings, visiting_order
+    from segrank.job.rundir import RunDirectory
+    from segrank.io.targets import open_target
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--max-images", type=int, default=10)
+    p.add_argument("--crop", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--report", default="racing")
+    p.add_argument("--consensus", default="consensus_quality", help="consensus_quality results with the truth")
+    cfg = p.parse_args(argv)
+    truth_doc = json.loads((rq.RESULTS / f"{cfg.consensus}.json").read_text())["tasks"]
+    results = {}
+    for task, res in truth_doc.items():
+        kind = "instance" if task.endswith("instance") else "semantic"
+        per_setting = {name: [] for name in SETTINGS}
+        for t in res["targets"]:
+            folder = next((rq.WORK / task).glob(f"{t['name']}*-n{cfg.max_images}-c{cfg.crop}-s{cfg.seed}"))
+            rows = RunDirectory(folder / "rank-consensus").agreement.read()
+            images = open_target(rq.WORK / "targets" / folder.name / "images").images
+            units = [u.name for u in visiting_order(images, (64, 256, 256), cfg.seed)]
+            names, truth = t["models"], t["true"]
+            full, full_tasks, _ = replay(rows, names, units, kind, RaceSettings(), cfg.seed, cfg.n_boot)
+            for name, kw in SETTINGS.items():
+                order, tasks, visited = replay(rows, names, units, kind, RaceSettings(**kw), cfg.seed, cfg.n_boot)
+                per_setting[name].append({
+                    "target": t["name"], "tasks": tasks, "tasks_full": full_tasks, "units": visited,
+                    "units_full": len(units), "same_top1": order[0] == full[0],
+                    "top3_overlap": len(set(order[:3]) & set(full[:3])) / 3,
+                    "regret_vs_full": truth[full[0]] - truth[order[0]],
+                    "regret_vs_true": max(truth.values()) - truth[order[0]],
+                })
+        results[task] = {name: {"targets": v, "mean": {
+            k: float(np.mean([x[k] for x in v])) for k in ("same_top1", "top3_overlap", "regret_vs_full", "regret_vs_true")
+        } | {"tasks_fraction": float(sum(x["tasks"] for x in v) / sum(x["tasks_full"] for x in v))}}
+            for name, v in per_setting.items()}
+    lines = [f"# Racing replayed on the consensus runs ({cfg.report})", "",
+             f"Targets of `{cfg.consensus}` (`--max-images {cfg.max_images} --seed {cfg.seed}`); a task = one model's "
+             "prediction of one unit. Means over targets.", "",
+             "| task | setting | tasks vs full | same top-1 | top-3 overlap | regret vs full | regret vs true best |",
+             "|---|---|---|---|---|---|---|"]
+    for task, by_setting in results.items():
+        for name, r in by_setting.items():
+            m = r["mean"]
+            lines.append(f"| {task} | {name} | {m['tasks_fraction']:.2f} | {m['same_top1']:.2f} | {m['top3_overlap']:.2f}"
+                         f" | {m['regret_vs_full']:.3f} | {m['regret_vs_true']:.3f} |")
+    (rq.RESULTS / f"{cfg.report}.md").write_text("\n".join(lines) + "\n")
+    (rq.RESULTS / f"{cfg.report}.json").write_text(json.dumps({"config": vars(cfg), "tasks": results}, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
