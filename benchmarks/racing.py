@@ -45,7 +45,7 @@ def replay(rows: list[dict], names: list[str], units: list[str], task: str, sett
         tasks += len(state.remaining)
         visited.append(unit)
         state.visited = len(visited)
-        if len(visited) % step == 0 or len(visited) == budget:
+        if settings.active and (len(visited) % step == 0 or len(visited) == budget):
             keep = [n for n in names if n in state.remaining]
             sim, _ = similarity_matrices(rows, keep, visited, similarity)
             per = np.full((len(names), len(visited)), np.nan)
