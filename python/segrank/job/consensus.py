@@ -257,7 +257,9 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
         rounds=resolve_rounds(o["rounds"], task),
         providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"])
     if state is not None and rows:
-        rows += eliminated_rows(state, rows[0])
+        from .race import order_by_race
+
+        rows = order_by_race(rows + eliminated_rows(state, rows[0]), state)
     return ConsensusOutcome(rows, diagnostics, unit_scores, predictions, state, ran)
 
 

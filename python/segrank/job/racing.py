@@ -7,12 +7,11 @@ stops. A rerun replays the same order and evaluations, so it skips what is done 
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from ..errors import SegrankError
 from .race import RaceSettings, RaceState, visiting_order
+from .rundir import record_result
 
 
 class _Driver:
@@ -27,6 +26,7 @@ class _Driver:
         self.queue: list = []  # tasks ready to hand out, first served
         self.open: dict[str, int] = {}  # unit -> tasks still running
         self.finished: list[str] = []
+        self.units: dict = {}  # unit name -> Unit, for the tasks that follow a unit's first ones
         self._evaluate, self.n_boot, self.seed = evaluate, n_boot, seed
 
     def next_task(self):
@@ -51,6 +51,20 @@ class _Driver:
         self.state.visited = len(self.finished)
         if len(self.finished) % self.round == 0:
             self.state.evaluate(self._evaluate(self.finished), self.settings, n_boot=self.n_boot, seed=self.seed)
+
+    def store_done(self, unit: str, agreement_task) -> None:
+        """One of a unit's store tasks is back; after the last, its agreement task goes first in
+        line (`agreement_task(unit)`, None: the unit is done without one)."""
+        self.open[unit] -= 1
+        if self.open[unit]:
+            return
+        task = agreement_task(self.units[unit])
+        if task is None:
+            del self.open[unit]
+            self.unit_done(unit)
+        else:
+            self.open[unit] = 1
+            self.queue.insert(0, task)
 
     def task_done(self, unit: str) -> None:
         self.open[unit] -= 1
@@ -91,17 +105,7 @@ def race_cte(plan, executor, run, done: dict, failures: list, *, models, images,
     ran, predictions = 0, {"reused": 0, "computed": 0}
     for task, result in executor.stream(driver.next_task):
         ran += 1
-        if isinstance(result, BaseException):
-            result = {"failure": task.failure(f"{type(result).__name__}: {result}")}
-        if "failure" in result:
-            failures.append(result["failure"])
-            print(f"segrank: {result['failure'].error}", file=sys.stderr)
-        else:
-            for k, n in result.get("predictions", {}).items():
-                predictions[k] += n
-            run.append(result["rows"])
-            for row in result["rows"]:
-                done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
+        record_result(task, result, run=run, done=done, failures=failures, predictions=predictions)
         driver.task_done(_unit(task))
     return driver.finish(), ran, predictions
 
@@ -143,47 +147,39 @@ def race_consensus(models, images, sessions, options_of, *, run, executor, store
 
     class Driver(_Driver):
         def tasks_for(self, unit):
-            self.stored_for = getattr(self, "stored_for", {})
-            todo = [t for t in by_unit.get(unit.name, []) if t.model.name in self.state.remaining]
-            self.stored_for[unit.name] = (unit, {t.model.name for t in todo})
-            return todo
+            self.units[unit.name] = unit
+            return [t for t in by_unit.get(unit.name, []) if t.model.name in self.state.remaining]
 
     driver = Driver(order, list(by_name), [n for n in by_name if n not in failed], settings, evaluate=evaluate,
                     n_boot=n_boot, seed=seed)
     ran, predictions = 0, {"reused": 0, "computed": 0}
     for task, result in executor.stream(driver.next_task):
         ran += 1
-        if isinstance(result, BaseException):
-            result = {"failure": task.failure(f"{type(result).__name__}: {result}")}
-        unit = task.unit.name if task.unit is not None else getattr(task, "image", None)
-        unit = unit if isinstance(unit, str) else unit.name
-        if "failure" in result:
-            failures.append(result["failure"])
-        elif "stored" in result:
+        result = record_result(task, result, run=run, done={}, failures=failures, predictions=predictions)
+        unit = task.unit.name if task.unit is not None else task.image.name
+        if "stored" in result:
             model, image, key = result["stored"]
             keys[(model, image)] = key
-            for k, n in result.get("predictions", {}).items():
-                predictions[k] += n
-        else:
+        elif "agreement" in result:
             run.agreement.append(result["agreement"])
             rows += result["agreement"]
         if isinstance(task, AgreementTask):
             driver.task_done(unit)
-            continue
-        # a store task: when the unit's last one is back, its agreement task goes first in line
-        driver.open[unit] -= 1
-        if driver.open[unit] == 0:
-            unit_obj, _ = driver.stored_for[unit]
-            usable = [n for n in by_name if (n, unit_obj.image) in keys and n in driver.state.remaining]
-            if len(usable) >= 2:
-                driver.open[unit] = 1
-                driver.queue.insert(0, AgreementTask(unit_obj, tuple(by_name[n] for n in usable),
-                                                     tuple(keys[(n, unit_obj.image)] for n in usable), store,
-                                                     threshold, instances))
-            else:
-                del driver.open[unit]
-                driver.unit_done(unit)
+        else:
+            driver.store_done(unit, lambda u: _agreement_task(u, by_name, keys, driver.state.remaining, store,
+                                                              threshold, instances))
     return driver.finish(), ran, predictions
+
+
+def _agreement_task(unit, by_name, keys, remaining, store, threshold, instances):
+    """The agreement task of a unit whose predictions are stored (None with fewer than 2 models)."""
+    from .consensus import AgreementTask
+
+    usable = [n for n in by_name if (n, unit.image) in keys and n in remaining]
+    if len(usable) < 2:
+        return None
+    return AgreementTask(unit, tuple(by_name[n] for n in usable), tuple(keys[(n, unit.image)] for n in usable), store,
+                         threshold, instances)
 
 
 def _model(task) -> str:

@@ -18,7 +18,7 @@ from .plan import (
     run_settings,
 )
 from .rows import Ranking, compare_with_truth, disagreement_warnings, ranking_rows
-from .rundir import RunDirectory
+from .rundir import RunDirectory, record_result
 
 
 def rank(
@@ -182,36 +182,25 @@ def rank(
                                  uses_cuda=bool(gpus) or CUDA in plan.providers.values())
         racing = RaceSettings(budget=parse_budget(budget) if isinstance(budget, str) else budget,
                               until_separated=until_separated, keep_top=keep_top)
-        race_json = {}
-        if racing.active and "cte" in scores:
-            state, ran, predictions = race_cte(plan, executor, run, done, failures, models=models, images=images,
-                                               block=block, spec=specs[0], repeats=repeats, settings=racing,
-                                               n_boot=n_boot, seed=seed)
-            race_json["cte"] = race_summary(state, ran, models, images, block, failures)
-        else:
-            predictions = predict_and_score(plan, executor, run, done, failures, progress=progress)
-        rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, block, n_boot, seed,
-                            repeats) if "cte" in scores else []
-        if racing.active and "cte" in scores:
-            rows = order_by_race(rows, state)
+        stage = dict(seed=seed, threshold=threshold, device=device, threads=threads, block=block, tile=tile,
+                     halo=halo, similarity=similarity, rounds=rounds, n_boot=n_boot, progress=progress)
+        rows, predictions, race_json = [], {"reused": 0, "computed": 0}, {}
+        if "cte" in scores:  # predict and score per model
+            rows, predictions, race_json = score_cte(plan, executor, run, done, failures, racing, models=models,
+                                                     images=images, specs=specs, metrics=metrics, repeats=repeats,
+                                                     options=stage)
         consensus = None
-        if CONSENSUS in scores:
-            consensus = run_consensus(
-                models, images, plan, run, executor, failures, metrics=metrics, cache=prediction_cache,
-                options=dict(seed=seed, threshold=threshold, device=device, threads=threads, block=block, tile=tile,
-                             halo=halo, similarity=similarity, rounds=rounds, n_boot=n_boot, progress=progress),
-                race=racing)
+        if CONSENSUS in scores:  # store the predictions, then score across models
+            consensus = run_consensus(models, images, plan, run, executor, failures, metrics=metrics,
+                                      cache=prediction_cache, options=stage, race=racing)
             if consensus.race is not None:
-                consensus.rows = order_by_race(consensus.rows, consensus.race)
                 race_json[CONSENSUS] = race_summary(consensus.race, consensus.tasks, models, images, block, failures)
             rows += consensus.rows
             consensus.diagnostics["warnings"] += disagreement_warnings(rows)
             predictions = {k: predictions[k] + consensus.predictions[k] for k in predictions}
-        if labels is not None:
+        if labels is not None:  # the few labelled images, from the same store
             more, counts = run_labels(models, images, plan, run, executor, failures, labels_dir=labels,
-                                      metrics=metrics, cache=prediction_cache, done=done, options=dict(
-                                          seed=seed, threshold=threshold, device=device, threads=threads, block=block,
-                                          tile=tile, halo=halo, progress=progress))
+                                      metrics=metrics, cache=prediction_cache, done=done, options=stage)
             rows += more
             predictions = {k: predictions[k] + counts[k] for k in predictions}
         settings["provider"] = plan.providers
@@ -243,6 +232,24 @@ def write(ranking: Ranking, models, images, specs, plan, *, report: bool, option
     write_outputs(ranking, report=report, examples=examples)
 
 
+def score_cte(plan, executor, run, done, failures, racing, *, models, images, specs, metrics, repeats: int,
+              options: dict) -> tuple[list[dict], dict, dict]:
+    """The CTE stage: every task of the plan (or a race over them); (ranking rows, predictions
+    counts, {"cte": race summary} when it raced)."""
+    o = options
+    if not racing.active:
+        predictions = predict_and_score(plan, executor, run, done, failures, progress=o["progress"])
+        return (ranking_rows(models, images, specs, done, metrics, plan.providers, failures, o["block"], o["n_boot"],
+                             o["seed"], repeats), predictions, {})
+    state, ran, predictions = race_cte(plan, executor, run, done, failures, models=models, images=images,
+                                       block=o["block"], spec=specs[0], repeats=repeats, settings=racing,
+                                       n_boot=o["n_boot"], seed=o["seed"])
+    rows = ranking_rows(models, images, specs, done, metrics, plan.providers, failures, o["block"], o["n_boot"],
+                        o["seed"], repeats)
+    return order_by_race(rows, state), predictions, {"cte": race_summary(state, ran, models, images, o["block"],
+                                                                          failures)}
+
+
 def race_summary(state, tasks: int, models, images, block, failures) -> dict:
     """ranking.json's "race" entry for one score: why it stopped, units and tasks against a full run."""
     from .units import units_of
@@ -264,18 +271,7 @@ def predict_and_score(plan, executor, run: RunDirectory, done: dict, failures: l
                disable=not progress, file=sys.stderr)
     predictions = {"reused": 0, "computed": 0}
     for task, result in executor.run(plan.tasks):
-        if isinstance(result, BaseException):  # the task ended its workers (killed, out of memory)
-            first = str(result).splitlines()[0] if str(result) else ""
-            result = {"failure": task.failure(f"{type(result).__name__}: {first}")}
-        if "failure" in result:
-            failures.append(result["failure"])
-            print(f"segrank: {result['failure'].error}", file=sys.stderr)
-        else:
-            for k, n in result.get("predictions", {}).items():
-                predictions[k] += n
-            run.append(result["rows"])
-            for row in result["rows"]:
-                done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
+        record_result(task, result, run=run, done=done, failures=failures, predictions=predictions)
         bar.update(1)
     bar.close()
     return predictions

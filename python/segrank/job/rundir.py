@@ -144,6 +144,28 @@ class RunDirectory:
         self._rows.append(rows)
 
 
+def record_result(task, result, *, run: "RunDirectory", done: dict, failures: list, predictions: dict) -> dict:
+    """Take one finished task's outcome into the run: its rows appended to per_image.csv (and
+    `done`), its prediction counts added, or its failure recorded (an exception that ended the
+    task on a cluster becomes the task's failure). Returns the result as a dict."""
+    import sys
+
+    if isinstance(result, BaseException):  # the task ended its workers (killed, out of memory)
+        first = str(result).splitlines()[0] if str(result) else ""
+        result = {"failure": task.failure(f"{type(result).__name__}: {first}")}
+    if "failure" in result:
+        failures.append(result["failure"])
+        print(f"segrank: {result['failure'].error}", file=sys.stderr)
+        return result
+    for k, n in result.get("predictions", {}).items():
+        predictions[k] += n
+    if "rows" in result:
+        run.append(result["rows"])
+        for row in result["rows"]:
+            done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
+    return result
+
+
 def unit_row(model: str, perturbation, unit: str, repeat: int, score: float | None) -> dict:
     """One row of per_image.csv (`PER_UNIT_FIELDS`)."""
     return {
@@ -163,4 +185,4 @@ def file_digest(path: Path) -> str:
     return sha256_file(path)[:16]
 
 
-__all__ = ["PER_UNIT_FIELDS", "RESULT_SETTINGS", "RowFile", "RunDirectory", "file_digest", "unit_row"]
+__all__ = ["PER_UNIT_FIELDS", "RESULT_SETTINGS", "RowFile", "RunDirectory", "file_digest", "record_result", "unit_row"]

@@ -42,3 +42,18 @@ def check_threads(threads) -> int:
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     return int(threads)
+
+
+class Mergeable:
+    """``a + b`` merges two sums of the same type (`merge`); ``sum(list_of_sums)`` starts from 0."""
+
+    def __add__(self, other):
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return self.merge(other)
+
+    def __radd__(self, other):
+        # lets sum(list_of_sums) start from 0
+        if isinstance(other, int) and other == 0:
+            return self
+        return NotImplemented

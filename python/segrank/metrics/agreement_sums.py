@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._arrays import Mergeable
+
 __all__ = ["ConsensusSums", "PairwiseSums"]
 
 
@@ -27,23 +29,8 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-class _Mergeable:
-    """``a + b`` merges two sums of the same type (`merge`); ``sum(list_of_sums)`` starts from 0."""
-
-    def __add__(self, other):
-        if not isinstance(other, type(self)):
-            return NotImplemented
-        return self.merge(other)
-
-    def __radd__(self, other):
-        # lets sum(list_of_sums) start from 0
-        if isinstance(other, int) and other == 0:
-            return self
-        return NotImplemented
-
-
 @dataclass(frozen=True, eq=False)
-class PairwiseSums(_Mergeable):
+class PairwiseSums(Mergeable):
     """Exact counts and EI sums between every two models of a bank, over one unit (or block).
 
     Attributes
@@ -114,7 +101,7 @@ class PairwiseSums(_Mergeable):
 
 
 @dataclass(frozen=True, eq=False)
-class ConsensusSums(_Mergeable):
+class ConsensusSums(Mergeable):
     """Exact counts and EI sums of each model against its leave-one-out consensus, over one unit.
 
     Attributes

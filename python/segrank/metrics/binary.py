@@ -6,7 +6,7 @@ import numbers
 from dataclasses import dataclass
 
 from .. import _metrics
-from ._arrays import as_kernel_array, check_same_shape, check_threads
+from ._arrays import Mergeable, as_kernel_array, check_same_shape, check_threads
 
 __all__ = ["BinaryCounts", "binary_consistency"]
 
@@ -15,7 +15,7 @@ _EI_SCALE = 1 << EI_FRACTION_BITS
 
 
 @dataclass(frozen=True)
-class BinaryCounts:
+class BinaryCounts(Mergeable):
     """Exact, mergeable counts behind the binary consistency scores of one image (or block).
 
     Attributes
@@ -82,16 +82,6 @@ class BinaryCounts:
             self.ei_units + other.ei_units,
         )
 
-    def __add__(self, other: "BinaryCounts") -> "BinaryCounts":
-        if not isinstance(other, BinaryCounts):
-            return NotImplemented
-        return self.merge(other)
-
-    def __radd__(self, other):
-        # lets sum(list_of_counts) start from 0
-        if isinstance(other, int) and other == 0:
-            return self
-        return NotImplemented
 
 
 def binary_consistency(a, b, *, threshold=0.5, background=False, threads=1) -> BinaryCounts:
