@@ -30,18 +30,28 @@ class _Driver:
         self._evaluate, self.n_boot, self.seed = evaluate, n_boot, seed
 
     def next_task(self):
+        """The next task to start: a round's units are opened together and their tasks handed
+        out model by model (each session runs on consecutive units, as in a full run)."""
         while not self.queue:
             if self.state.stop or self.position >= self.budget:
                 return None
-            unit = self.order[self.position]
-            self.position += 1
-            tasks = self.tasks_for(unit)
-            if tasks:
-                self.open[unit.name] = len(tasks)
-                self.queue += tasks
-            else:
-                self.unit_done(unit.name)
+            opened = []
+            while self.position < self.budget and len(opened) < self.round:
+                unit = self.order[self.position]
+                self.position += 1
+                tasks = self.tasks_for(unit)
+                if tasks:
+                    self.open[unit.name] = len(tasks)
+                    opened += tasks
+                else:
+                    self.unit_done(unit.name)
+                    if self.state.stop:
+                        break
+            self.queue += sorted(opened, key=self.model_of)  # stable: units stay in order per model
         return self.queue.pop(0)
+
+    def model_of(self, task) -> str:
+        return _model(task)
 
     def tasks_for(self, unit) -> list:
         raise NotImplementedError
