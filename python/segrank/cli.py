@@ -196,7 +196,9 @@ def rank_cmd(bank, target, out, example, perturbations, metric, repeats, seed, d
                        f"true best {t['true_best']} (regret {t['regret']:.3f})", err=True)
         for f in ranking.failures:
             click.echo(f"failed: {f['model']} ({f['stage']}): {f['error']}", err=True)
-        click.echo(f"\nwritten: {ranking.out}/ranking.json, ranking.csv, per_image.csv, report.html", err=True)
+        names = ("ranking.json", "ranking.csv", "per_image.csv", "agreement.csv", "report.html")
+        written = ", ".join(n for n in names if (ranking.out / n).exists())
+        click.echo(f"\nwritten: {ranking.out}/ {written}", err=True)
 
 
 @main.command("evaluate", short_help="True performance of every model against labels (F1 / mAP).")
