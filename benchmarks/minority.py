@@ -42,8 +42,9 @@ def main() -> int:
     cte = json.loads((rq.RESULTS / "ranking_quality.json").read_text())["tasks"]
     cfg = cons["config"]
     out, lines = {}, ["# Minority-competent EM sub-banks (7 models, k in-domain)", "",
-                      "| task | k | consensus Spearman | CTE-EI Spearman | warned | worse than CTE by > .10, unwarned |",
-                      "|---|---|---|---|---|---|"]
+                      "| task | k | consensus Spearman | CTE-EI Spearman | warned | worse than CTE by > .10, unwarned "
+                      "| top picks differ | top picks differ when consensus is worse by > .10 |",
+                      "|---|---|---|---|---|---|---|---|"]
     for task in ("em-mito", "em-membranes"):
         cte_targets = {t["name"]: t for t in cte[task]["targets"]}
         for k in range(1, 7):
@@ -66,13 +67,17 @@ def main() -> int:
                     s_cons = spearman(score, true)
                     s_cte = spearman([cte_scores[n] for n in bank], true)
                     warned = majority_share(agreement_groups(res.matrix)) < 0.5
-                    rows_k.append((s_cons, s_cte, warned))
+                    differ = bank[int(np.argmax(score))] != max(bank, key=lambda n: cte_scores[n])
+                    rows_k.append((s_cons, s_cte, warned, differ))
             arr = np.array(rows_k, dtype=float)
-            bad = float(np.mean((arr[:, 0] < arr[:, 1] - 0.10) & (arr[:, 2] == 0)))
+            worse = arr[:, 0] < arr[:, 1] - 0.10
+            bad = float(np.mean(worse & (arr[:, 2] == 0)))
+            caught = float(np.mean(arr[worse, 3])) if worse.any() else float("nan")
             out.setdefault(task, {})[k] = {"consensus": float(arr[:, 0].mean()), "cte": float(arr[:, 1].mean()),
-                                           "warned": float(arr[:, 2].mean()), "worse_unwarned": bad}
+                                           "warned": float(arr[:, 2].mean()), "worse_unwarned": bad,
+                                           "top_picks_differ": float(arr[:, 3].mean()), "differ_when_worse": caught}
             lines.append(f"| {task} | {k} | {arr[:, 0].mean():+.2f} | {arr[:, 1].mean():+.2f} | {arr[:, 2].mean():.2f}"
-                         f" | {bad:.2f} |")
+                         f" | {bad:.2f} | {arr[:, 3].mean():.2f} | {caught:.2f} |")
     (rq.RESULTS / "minority.md").write_text("\n".join(lines) + "\n")
     (rq.RESULTS / "minority.json").write_text(json.dumps(out, indent=1))
     print("\n".join(lines))
