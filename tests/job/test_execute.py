@@ -8,6 +8,15 @@ import pytest
 from segrank.job.execute import Executor, rank_executor
 
 
+def _by_value():
+    """Worker processes cannot import this test module: ship its classes by value."""
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
 @dataclass(frozen=True)
 class Square:
     x: int
@@ -30,6 +39,7 @@ def test_an_error_in_this_process_is_raised():
 
 
 def test_a_local_cluster_returns_errors_as_outcomes():
+    _by_value()
     outcomes = dict((t.x, o) for t, o in Executor("local", 2).run([Square(2), Square(-3)]))
     assert outcomes[2] == 4 and isinstance(outcomes[-3], ValueError)
 
@@ -45,6 +55,7 @@ def test_rank_options_choose_the_executor():
 
 @pytest.mark.parametrize("executor", [Executor("sync"), Executor("threads", 2), Executor("local", 2)])
 def test_stream_asks_for_tasks_as_results_come_and_can_stop_early(executor):
+    _by_value()
     queue = list(range(20))
     seen = []
 
