@@ -167,6 +167,17 @@ class Executor:
         return None
 
 
+@dataclass(frozen=True)
+class FunctionTask:
+    """A plain function call as a task (the function must be importable on the workers)."""
+
+    fn: object
+    args: tuple = ()
+
+    def run(self):
+        return self.fn(*self.args)
+
+
 def _run_task(task):
     return task.run()
 
@@ -223,4 +234,4 @@ def rank_executor(*, workers: int | None, scheduler: str | None, gpus, device: s
     return Executor("sync")
 
 
-__all__ = ["Executor", "GPU", "gpu_cluster", "rank_executor", "visible_gpus"]
+__all__ = ["Executor", "FunctionTask", "GPU", "gpu_cluster", "rank_executor", "visible_gpus"]
