@@ -220,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--report", default="consensus_quality")
     p.add_argument("--reference", default="ranking_quality", help="ranking_quality results to compare with")
     p.add_argument("--only-targets", nargs="*", default=None)
+    p.add_argument("--dsb-all", action="store_true",
+                   help="one large target instead: every DSB2018 test image (all size groups), for racing")
     cfg = p.parse_args(argv)
     splits = json.loads(rq.SPLITS.read_text())
     all_results = {}
@@ -228,6 +230,11 @@ def main(argv=None) -> int:
             continue
         models, _ = rq.load_models(info)
         specs = rq.em_targets() if info["domain"] == "em" else rq.nuclei_targets(splits)
+        if cfg.dsb_all:
+            if info["domain"] != "nuclei":
+                continue
+            groups = tuple(sorted(splits["datasets"][rq.DSB]["size_group"]))
+            specs = [rq.TargetSpec("dsb-all", rq.DSB, groups, "every DSB2018 test image (all size groups)")]
         targets = []
         for spec in specs:
             if cfg.only_targets and spec.name not in cfg.only_targets:
