@@ -106,6 +106,28 @@ def main() -> int:
         if orders["cpu"] != orders["gpu"]:
             failures.append(f"{pert}: ranking differs, cpu {orders['cpu']} vs gpu {orders['gpu']}")
 
+    # The default score (consensus) and a race through the job on both providers: same ranking.
+    import tempfile
+
+    from segrank.job import rank
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, extra in (("consensus", {}), ("consensus race", dict(budget=0.5, keep_top=2))):
+            rows = {}
+            for device in ("cpu", gpu):
+                t0 = time.perf_counter()
+                r = rank(bank_dir, target_dir, out=Path(tmp) / f"{label}-{device}", device=device, progress=False,
+                         report=False, **extra)
+                rows[device] = {x["name"]: x["score"] for x in r.rows}
+                report.setdefault("job", {}).setdefault(label, {})[device] = {
+                    "seconds": time.perf_counter() - t0, "order": [x["name"] for x in r.rows],
+                    "providers": sorted(set(r.settings["provider"].values()))}
+            worst = max(abs(rows["cpu"][n] - rows[gpu][n]) for n in rows["cpu"] if rows["cpu"][n] is not None)
+            report["job"][label]["max_score_diff"] = worst
+            print(f"{label}: max |score_cpu - score_gpu| = {worst:.2e}", flush=True)
+            if worst > 1e-3 or report["job"][label]["cpu"]["order"] != report["job"][label][gpu]["order"]:
+                failures.append(f"{label}: CPU and CUDA rankings differ (max score difference {worst:.2e})")
+
     # Throughput of the same model and tiles on both providers.
     gen = np.random.default_rng(0)
     big = np.tile(next(iter(images.values())), (args.size // 360 + 1,) * 2)[: args.size, : args.size]
