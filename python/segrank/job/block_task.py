@@ -47,11 +47,10 @@ def volume_job(model: Model, dropout_model: Model | None, image, session, option
     from ..scoring.grid import scoring_blocking
     from ..scoring.volume import normalized_mean
 
+    data, _, _, _ = channel_first(image, None, model)
     if image.name not in samples:
-        data, _, _, _ = channel_first(image, None, model)
         samples[image.name] = sample_image(data)
     sample = samples[image.name]
-    data, _, _, _ = channel_first(image, None, model)
     model_c, blocking = scoring_blocking(model, session, data, block, tile=tile, halo=halo)
     prepared = prepare_image(model, image, session=session, blocking=blocking, sample=sample)
     center = normalized_mean(prepared.norm, sample) if any(s.kind == "contrast" for s in options.specs) else 0.0

@@ -19,6 +19,7 @@ from ..errors import SegrankError
 from ..models.description import Model
 from ..scoring.options import ScoringOptions
 from .failures import Failure, Stage
+from .rundir import record_result
 from .units import Unit, spatial, units_of
 
 CONSENSUS = "consensus"  # the setting's name in ranking.json ("perturbation") and the report
@@ -152,16 +153,12 @@ def store_predictions(models, images, sessions, options_of, *, executor, block, 
     failed: set[tuple[str, str]] = {(f.model, f.unit or f.image) for f in planning_failures}
     bar = tqdm(total=len(tasks), desc="predict", unit="task", disable=not progress, file=sys.stderr)
     for task, result in executor.run(tasks):
-        result = _as_result(task, result)
+        result = record_result(task, result, run=None, done={}, failures=failures, predictions=predictions)
         if "failure" in result:
-            failures.append(result["failure"])
             failed.add((task.model.name, task.unit.name if task.unit is not None else task.image.name))
-            print(f"segrank: {result['failure'].error}", file=sys.stderr)
         else:
             model, image, key = result["stored"]
             keys[(model, image)] = key
-            for k, n in result.get("predictions", {}).items():
-                predictions[k] += n
         bar.update(1)
     bar.close()
     return keys, failed, predictions
@@ -188,18 +185,14 @@ def score_consensus(models, images, sessions, options_of, *, run, executor, stor
         for unit in units_of(im, block):
             if unit.name not in pending.get(im.name, ()):
                 continue
-            usable = [n for n in by_name if (n, im.name) in keys and (n, unit.name) not in failed
-                      and (n, im.name) not in failed]
-            if usable:
-                agreement.append(AgreementTask(unit, tuple(by_name[n] for n in usable),
-                                               tuple(keys[(n, im.name)] for n in usable), store, threshold, instances))
+            usable = [n for n in by_name if (n, unit.name) not in failed and (n, im.name) not in failed]
+            task = agreement_task(unit, by_name, keys, usable, store, threshold, instances)
+            if task is not None:
+                agreement.append(task)
     bar = tqdm(total=len(agreement), desc="agreement", unit="unit", disable=not progress, file=sys.stderr)
     for task, result in executor.run(agreement):
-        result = _as_result(task, result)
-        if "failure" in result:
-            failures.append(result["failure"])
-            print(f"segrank: {result['failure'].error}", file=sys.stderr)
-        else:
+        result = record_result(task, result, run=None, done={}, failures=failures, predictions=predictions)
+        if "agreement" in result:
             run.agreement.append(result["agreement"])
         bar.update(1)
     bar.close()
@@ -263,13 +256,17 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
     return ConsensusOutcome(rows, diagnostics, unit_scores, predictions, state, ran)
 
 
-def _as_result(task, outcome) -> dict:
-    """A task's result; an exception that ended it on a cluster becomes its failure."""
-    if not isinstance(outcome, BaseException):
-        return outcome
-    first = str(outcome).splitlines()[0] if str(outcome) else ""
-    return {"failure": task.failure(f"{type(outcome).__name__}: {first}")}
+def agreement_task(unit: Unit, by_name: dict, keys: dict, usable, store: str, threshold: float,
+                   instances: bool) -> AgreementTask | None:
+    """The agreement task of a unit over the `usable` models whose predictions of its image are
+    stored (`keys`); None with fewer than two such models (no agreement to count)."""
+    usable = set(usable)
+    names = [n for n in by_name if n in usable and (n, unit.image) in keys]  # bank order: stable rows
+    if len(names) < 2:
+        return None
+    return AgreementTask(unit, tuple(by_name[n] for n in names), tuple(keys[(n, unit.image)] for n in names), store,
+                         threshold, instances)
 
 
-__all__ = ["AgreementTask", "CONSENSUS", "ConsensusOutcome", "StoreTask", "run_consensus", "score_consensus",
+__all__ = ["AgreementTask", "CONSENSUS", "agreement_task", "ConsensusOutcome", "StoreTask", "run_consensus", "score_consensus",
            "store_tasks"]

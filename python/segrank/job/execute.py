@@ -49,23 +49,12 @@ class Executor:
         return self.scheduler not in ("sync", "threads")
 
     def run(self, tasks: Iterable) -> Iterator[tuple[object, object]]:
-        """``(task, outcome)`` for every task, as they finish (in order when in this process)."""
+        """``(task, outcome)`` for every task, as they finish (in order when in this process):
+        `stream` with every task handed out at once."""
         tasks = list(tasks)
-        if not tasks:
-            return
-        if self.scheduler == "sync" or (self.scheduler == "threads" and self.workers <= 1):
-            for task in tasks:
-                yield task, task.run()
-            return
-        if self.scheduler == "threads":
-            from concurrent.futures import ThreadPoolExecutor, as_completed
+        queue = iter(tasks)
+        yield from self.stream(lambda: next(queue, None), window=max(len(tasks), 1))
 
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="segrank-task") as pool:
-                futures = {pool.submit(_run_task, t): t for t in tasks}
-                for future in as_completed(futures):
-                    yield futures[future], future.result()
-            return
-        yield from self._run_distributed(tasks)
 
     def stream(self, next_task, *, window: int | None = None) -> Iterator[tuple[object, object]]:
         """``(task, outcome)`` as tasks finish, asking ``next_task()`` for the next task whenever
@@ -73,6 +62,9 @@ class Executor:
         twice the workers), so the workers never wait for a batch to end; the caller may change
         what ``next_task`` gives between results (e.g. stop giving a model's tasks)."""
         window = window or (1 if self.scheduler == "sync" else 2 * max(self.workers, 1))
+        if self.distributed:
+            yield from self._stream_distributed(next_task, window)
+            return
         if self.scheduler == "sync" or (self.scheduler == "threads" and self.workers <= 1):
             while (task := next_task()) is not None:
                 yield task, task.run()
@@ -90,7 +82,6 @@ class Executor:
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
                         yield running.pop(future), future.result()
-        yield from self._stream_distributed(next_task, window)
 
     def _connect(self):
         """(client, cluster or None, task resources) for a distributed scheduler."""
@@ -108,13 +99,17 @@ class Executor:
     def _stream_distributed(self, next_task, window: int) -> Iterator[tuple[object, object]]:
         from dask.distributed import as_completed
 
+        first = next_task()
+        if first is None:  # nothing to do: no cluster is started
+            return
         client, cluster, resources = self._connect()
         try:
             running = as_completed()
             tasks = {}
+            pending = [first]
 
             def top_up():
-                while len(tasks) < window and (task := next_task()) is not None:
+                while len(tasks) < window and (task := pending.pop() if pending else next_task()) is not None:
                     future = client.submit(_run_task, task, pure=False, resources=resources)
                     tasks[future.key] = task
                     running.add(future)
@@ -129,24 +124,6 @@ class Executor:
                 future.release()
                 yield task, outcome
                 top_up()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-
-    def _run_distributed(self, tasks: list) -> Iterator[tuple[object, object]]:
-        from dask.distributed import as_completed
-
-        client, cluster, resources = self._connect()
-        try:
-            futures = {client.submit(_run_task, t, pure=False, resources=resources): t for t in tasks}
-            for future in as_completed(futures):
-                try:
-                    outcome = future.result()
-                except Exception as err:  # e.g. distributed.KilledWorker: the task killed its workers
-                    outcome = err
-                yield futures[future], outcome
-                future.release()
         finally:
             client.close()
             if cluster is not None:

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError, SegrankError
 from ..models.description import Model
 from .failures import Failure, Stage
-from .rundir import unit_row
+from .rundir import record_result, unit_row
 from .units import spatial
 
 LABELS = "labels"  # the setting's name in ranking.json ("perturbation")
@@ -81,7 +81,8 @@ def labelled(images, labels_dir) -> dict[str, Path]:
 def label_rows(models, labels: dict[str, Path], done: dict, failures: list[Failure], providers) -> list[dict]:
     """Rows of ranking.json for the setting "labels": each model's mean true score over the
     labelled images (no interval: K is small by design)."""
-    from .rows import assign_ranks
+    from ..scoring.aggregate import ModelScore
+    from .rows import assign_ranks, ranking_row
 
     rows = []
     failed = {f.model for f in failures}
@@ -93,13 +94,11 @@ def label_rows(models, labels: dict[str, Path], done: dict, failures: list[Failu
             status = f"failed on {len(labels) - len(values)} of {len(labels)} labelled images"
         else:
             status = "ok"
-        rows.append({
-            "name": model.name, "rank": None, "score": float(np.mean(values)) if values else None, "ci_low": None,
-            "ci_high": None, "p_best": None, "n_images": len(labels), "n_units": len(labels), "n_scored": len(values),
-            "perturbation": LABELS, "metric": "map" if model.task == "instance" else "f1",
-            "provider": providers.get(model.name), "top_two_separated": None, "estimator": LABELS,
-            "status": status,
-        })
+        score = ModelScore(model.name, float(np.mean(values)) if values else None, None, None, None,
+                           len(labels), len(values))
+        rows.append(ranking_row(score, setting=LABELS, metric="map" if model.task == "instance" else "f1",
+                                estimator=LABELS, n_images=len(labels), provider=providers.get(model.name),
+                                status=status))
     rows.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["name"]))
     return assign_ranks(rows, None)
 
@@ -112,14 +111,7 @@ def score_labels(models, images, labels: dict[str, Path], keys: dict, *, run, ex
              for name, path in labels.items() if (m.name, name) in keys and (m.name, LABELS, name, 0) not in done
              and name in by_name]
     for task, result in executor.run(tasks):
-        if isinstance(result, BaseException):
-            result = {"failure": task.failure(f"{type(result).__name__}: {result}")}
-        if "failure" in result:
-            failures.append(result["failure"])
-            continue
-        run.append(result["rows"])
-        for row in result["rows"]:
-            done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
+        record_result(task, result, run=run, done=done, failures=failures, predictions={})
 
 
 def run_labels(models, images, plan, run, executor, failures: list[Failure], *, labels_dir, metrics: dict, cache,

@@ -126,7 +126,7 @@ def race_consensus(models, images, sessions, options_of, *, run, executor, store
     """Race the consensus stage: per unit, every remaining model's store task, then the unit's
     agreement task; (state, tasks run, predictions counts)."""
     from ..scoring.consensus import pairwise_scores, similarity_matrices
-    from .consensus import AgreementTask, store_tasks
+    from .consensus import AgreementTask, agreement_task, store_tasks
 
     order = visiting_order(images, block, seed)
     done_units = {r["unit"] for r in run.agreement.read()}
@@ -176,20 +176,10 @@ def race_consensus(models, images, sessions, options_of, *, run, executor, store
         if isinstance(task, AgreementTask):
             driver.task_done(unit)
         else:
-            driver.store_done(unit, lambda u: _agreement_task(u, by_name, keys, driver.state.remaining, store,
-                                                              threshold, instances))
+            driver.store_done(unit, lambda u: agreement_task(u, by_name, keys, list(driver.state.remaining), store,
+                                                             threshold, instances))
     return driver.finish(), ran, predictions
 
-
-def _agreement_task(unit, by_name, keys, remaining, store, threshold, instances):
-    """The agreement task of a unit whose predictions are stored (None with fewer than 2 models)."""
-    from .consensus import AgreementTask
-
-    usable = [n for n in by_name if (n, unit.image) in keys and n in remaining]
-    if len(usable) < 2:
-        return None
-    return AgreementTask(unit, tuple(by_name[n] for n in usable), tuple(keys[(n, unit.image)] for n in usable), store,
-                         threshold, instances)
 
 
 def _model(task) -> str:

@@ -100,29 +100,27 @@ def ranking_rows(models, images, specs, done, metrics, providers, failures, bloc
     for spec in specs:
         matrix = unit_matrix(models, units, str(spec), done, repeats)
         results, p_sep = aggregate([m.name for m in models], matrix, n_boot=n_boot, seed=seed, label=str(spec))
-        block = []
-        for i in ranking_order(results):
-            r, model = results[i], models[i]
-            block.append({
-                "name": r.name,
-                "rank": None,
-                "score": r.score,
-                "ci_low": r.ci_low,
-                "ci_high": r.ci_high,
-                "p_best": r.p_best,
-                "n_images": len(images),
-                "n_units": r.n_units,
-                "n_scored": r.n_scored,
-                "perturbation": str(spec),
-                "metric": metrics[model.name],
-                "provider": providers.get(model.name),
-                "status": model_status(model.name, dropout=spec.is_dropout, failures=failures, images=images,
-                                       n_scored=r.n_scored, score=r.score),
-                "top_two_separated": None,
-                "estimator": "cte",
-            })
+        block = [
+            ranking_row(results[i], setting=str(spec), metric=metrics[models[i].name], estimator="cte",
+                        n_images=len(images), provider=providers.get(models[i].name),
+                        status=model_status(models[i].name, dropout=spec.is_dropout, failures=failures,
+                                            images=images, n_scored=results[i].n_scored, score=results[i].score))
+            for i in ranking_order(results)
+        ]
         rows += assign_ranks(block, p_sep)
     return rows
+
+
+def ranking_row(r, *, setting: str, metric: str, estimator: str, n_images: int, provider, status: str,
+                **extra) -> dict:
+    """One row of ranking.json from a model's aggregate (`scoring.aggregate.ModelScore`); its rank
+    is set by `assign_ranks`."""
+    return {
+        "name": r.name, "rank": None, "score": r.score, "ci_low": r.ci_low, "ci_high": r.ci_high,
+        "p_best": r.p_best, "n_images": n_images, "n_units": r.n_units, "n_scored": r.n_scored,
+        "perturbation": setting, "metric": metric, "provider": provider, "status": status,
+        "top_two_separated": None, "estimator": estimator, **extra,
+    }
 
 
 def assign_ranks(block: list[dict], p_sep: float | None) -> list[dict]:
@@ -160,19 +158,16 @@ def consensus_rows(models, images, block, agreement: list[dict], *, similarity: 
     rows = []
     for i in ranking_order(scores):
         r, model = scores[i], models[i]
-        rows.append({
-            "name": r.name, "rank": None, "score": r.score, "ci_low": r.ci_low, "ci_high": r.ci_high,
-            "p_best": r.p_best, "n_images": len(images), "n_units": r.n_units, "n_scored": r.n_scored,
-            "perturbation": CONSENSUS, "metric": similarity, "provider": providers.get(model.name),
-            "status": model_status(model.name, dropout=False, failures=failures, images=images,
-                                   n_scored=r.n_scored, score=r.score),
-            "top_two_separated": None,
-            "estimator": CONSENSUS,
-            "weight": float(result.weights[i]),
-            "group": int(groups[i]),
-            "relative_mask_size": None if not np.isfinite(result.relative_mask_size[i])
+        rows.append(ranking_row(
+            r, setting=CONSENSUS, metric=similarity, estimator=CONSENSUS, n_images=len(images),
+            provider=providers.get(model.name),
+            status=model_status(model.name, dropout=False, failures=failures, images=images, n_scored=r.n_scored,
+                                score=r.score),
+            weight=float(result.weights[i]),
+            group=int(groups[i]),
+            relative_mask_size=None if not np.isfinite(result.relative_mask_size[i])
             else float(result.relative_mask_size[i]),
-        })
+        ))
     rows = assign_ranks(rows, p_sep)
     share = majority_share(groups)
     diagnostics = {
@@ -214,4 +209,4 @@ def compare_with_truth(rows: list[dict], performance: dict) -> dict:
     return out
 
 
-__all__ = ["Ranking", "compare_with_truth", "consensus_rows", "disagreement_warnings", "model_status", "per_perturbation", "ranking_rows", "unit_matrix"]
+__all__ = ["Ranking", "ranking_row", "compare_with_truth", "consensus_rows", "disagreement_warnings", "model_status", "per_perturbation", "ranking_rows", "unit_matrix"]

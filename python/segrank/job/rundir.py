@@ -146,8 +146,9 @@ class RunDirectory:
 
 def record_result(task, result, *, run: "RunDirectory", done: dict, failures: list, predictions: dict) -> dict:
     """Take one finished task's outcome into the run: its rows appended to per_image.csv (and
-    `done`), its prediction counts added, or its failure recorded (an exception that ended the
-    task on a cluster becomes the task's failure). Returns the result as a dict."""
+    `done`; `run` None: no rows to keep), its prediction counts added, or its failure recorded (an
+    exception that ended the task on a cluster becomes the task's failure). Returns the result as a
+    dict; the caller handles the rest of it (stored arrays, agreement rows)."""
     import sys
 
     if isinstance(result, BaseException):  # the task ended its workers (killed, out of memory)
@@ -159,7 +160,7 @@ def record_result(task, result, *, run: "RunDirectory", done: dict, failures: li
         return result
     for k, n in result.get("predictions", {}).items():
         predictions[k] += n
-    if "rows" in result:
+    if "rows" in result and run is not None:
         run.append(result["rows"])
         for row in result["rows"]:
             done[(row["model"], row["perturbation"], row["unit"], int(row["repeat"]))] = row
