@@ -42,6 +42,10 @@ def _options(threads: int | None):
     # no CPU arena: it keeps the high-water mark of every concurrent run for good, so peak
     # memory would grow with the number of dask threads (benchmarks/inference.py)
     opts.enable_cpu_mem_arena = False
+    # park the intra-op threads when a run returns: a session's threads that go on spinning
+    # after its run take the cores from the next model's session (a race alternates models;
+    # +18 % on the example without this, benchmarks/race_overhead.py)
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     if threads is not None:
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1
