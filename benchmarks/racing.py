@@ -10,6 +10,7 @@ and the regret against the full run's pick and against the true best (labels).
 
     python benchmarks/racing.py                       # the main targets (n10, seed 0)
     python benchmarks/racing.py --max-images 20 --seed 1 --report racing_replicate
+    python benchmarks/racing.py --pool leave keep     # both consensus-pool rules (default)
 """
 from __future__ import annotations
 
@@ -28,37 +29,61 @@ SETTINGS = {  # declared before the first run
     "until separated (keep top 3)": dict(until_separated=True, keep_top=3),
     "budget 1/3 (keep top 3)": dict(budget=1 / 3, keep_top=3),
     "budget 1/3 + until separated": dict(budget=1 / 3, until_separated=True, keep_top=3),
+    "every unit (keep top 3)": dict(budget=1.0, keep_top=3),  # declared in session 5
 }
+POOLS = ("leave", "keep")
 
 
-def replay(rows: list[dict], names: list[str], units: list[str], task: str, settings, seed: int, n_boot: int):
-    """(order of the final ranking, tasks used, units visited) of one race over stored rows."""
+def replay(rows: list[dict], names: list[str], units: list[str], task: str, settings, seed: int, n_boot: int,
+           pool: str = "leave"):
+    """(order of the final ranking, tasks used, units visited) of one race over stored rows.
+
+    pool "leave": the remaining models are scored among themselves on every visited unit;
+    "keep": each unit's pool is the models in the race when it was visited."""
     from segrank.job.race import RaceState
     from segrank.scoring.consensus import pairwise_scores, resolve_rounds, resolve_similarity, similarity_matrices
 
     similarity = resolve_similarity("auto", task)
+    by_unit: dict[str, list[dict]] = {}
+    for r in rows:
+        by_unit.setdefault(r["unit"], []).append(r)
     state = RaceState(list(names), set(names))
     budget = settings.budget_units(len(units))
     step = settings.round_size(len(units))
-    tasks, visited = 0, []
+    tasks, visited, alive = 0, [], {}
+
+    def per_unit(rounds: int) -> np.ndarray:
+        per = np.full((len(names), len(visited)), np.nan)
+        if pool == "leave":
+            keep = [n for n in names if n in state.remaining]
+            sim, _ = similarity_matrices([r for u in visited for r in by_unit.get(u, [])], keep, visited, similarity)
+            per[[names.index(n) for n in keep]] = pairwise_scores(sim, rounds=rounds).per_unit
+        else:
+            pooled = [r for u in visited for r in by_unit.get(u, []) if r["model"] in alive[u] and r["other"] in alive[u]]
+            sim, _ = similarity_matrices(pooled, names, visited, similarity)
+            per[:] = pairwise_scores(sim, rounds=rounds).per_unit
+        return per
+
     for unit in units[:budget]:
         tasks += len(state.remaining)
         visited.append(unit)
+        alive[unit] = set(state.remaining)
         state.visited = len(visited)
         if settings.active and (len(visited) % step == 0 or len(visited) == budget):
-            keep = [n for n in names if n in state.remaining]
-            sim, _ = similarity_matrices(rows, keep, visited, similarity)
-            per = np.full((len(names), len(visited)), np.nan)
-            per[[names.index(n) for n in keep]] = pairwise_scores(sim).per_unit
-            state.evaluate(per, settings, n_boot=n_boot, seed=seed)
+            state.evaluate(per_unit(0), settings, n_boot=n_boot, seed=seed)
             if state.stop:
                 break
+    final = per_unit(resolve_rounds(None, task))
     keep = [n for n in names if n in state.remaining]
-    sim, _ = similarity_matrices(rows, keep, visited, similarity)
-    final = pairwise_scores(sim, rounds=resolve_rounds(None, task)).per_unit
     with np.errstate(all="ignore"):
-        score = {n: float(np.nanmedian(final[i])) for i, n in enumerate(keep)}
+        score = {n: float(np.nanmedian(final[names.index(n)])) for n in keep}
     return sorted(keep, key=lambda n: -score[n]), tasks, len(visited)
+
+
+def summarise(targets: list[dict]) -> dict:
+    keys = ("same_top1", "top3_overlap", "regret_vs_full", "regret_vs_true")
+    return {"targets": targets, "mean": {k: float(np.mean([x[k] for x in targets])) for k in keys} | {
+        "tasks_fraction": float(sum(x["tasks"] for x in targets) / sum(x["tasks_full"] for x in targets))}}
 
 
 def main(argv=None) -> int:
@@ -73,12 +98,14 @@ def main(argv=None) -> int:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--report", default="racing")
     p.add_argument("--consensus", default="consensus_quality", help="consensus_quality results with the truth")
+    p.add_argument("--pool", nargs="+", choices=POOLS, default=list(POOLS),
+                   help="what an eliminated model does to the consensus pool (README: P0 leave, P1 keep)")
     cfg = p.parse_args(argv)
     truth_doc = json.loads((rq.RESULTS / f"{cfg.consensus}.json").read_text())["tasks"]
     results = {}
     for task, res in truth_doc.items():
         kind = "instance" if task.endswith("instance") else "semantic"
-        per_setting = {name: [] for name in SETTINGS}
+        per_setting = {(name, pool): [] for name in SETTINGS for pool in cfg.pool}
         for t in res["targets"]:
             folder = next((rq.WORK / task).glob(f"{t['name']}*-n{cfg.max_images}-c{cfg.crop}-s{cfg.seed}"))
             rows = RunDirectory(folder / "rank-consensus").agreement.read()
@@ -86,19 +113,17 @@ def main(argv=None) -> int:
             units = [u.name for u in visiting_order(images, (64, 256, 256), cfg.seed)]
             names, truth = t["models"], t["true"]
             full, full_tasks, _ = replay(rows, names, units, kind, RaceSettings(), cfg.seed, cfg.n_boot)
-            for name, kw in SETTINGS.items():
-                order, tasks, visited = replay(rows, names, units, kind, RaceSettings(**kw), cfg.seed, cfg.n_boot)
-                per_setting[name].append({
+            for (name, pool), found in per_setting.items():
+                order, tasks, visited = replay(rows, names, units, kind, RaceSettings(**SETTINGS[name]), cfg.seed,
+                                               cfg.n_boot, pool=pool)
+                found.append({
                     "target": t["name"], "tasks": tasks, "tasks_full": full_tasks, "units": visited,
                     "units_full": len(units), "same_top1": order[0] == full[0],
                     "top3_overlap": len(set(order[:3]) & set(full[:3])) / 3,
                     "regret_vs_full": truth[full[0]] - truth[order[0]],
                     "regret_vs_true": max(truth.values()) - truth[order[0]],
                 })
-        results[task] = {name: {"targets": v, "mean": {
-            k: float(np.mean([x[k] for x in v])) for k in ("same_top1", "top3_overlap", "regret_vs_full", "regret_vs_true")
-        } | {"tasks_fraction": float(sum(x["tasks"] for x in v) / sum(x["tasks_full"] for x in v))}}
-            for name, v in per_setting.items()}
+        results[task] = {f"{name} [{pool}]": summarise(v) for (name, pool), v in per_setting.items()}
     lines = [f"# Racing replayed on the consensus runs ({cfg.report})", "",
              f"Targets of `{cfg.consensus}` (`--max-images {cfg.max_images} --seed {cfg.seed}`); a task = one model's "
              "prediction of one unit. Means over targets.", "",

@@ -76,9 +76,19 @@ TRIO = [
 
 def child(args: dict) -> dict:
     """Run `rank` once in this (fresh) process and measure it."""
-    import psutil
-
     from segrank.job import rank
+
+    return measured(lambda: rank(
+        args["bank"], args["target"], out=args["out"], perturbations=[PERTURBATION], device="cpu",
+        workers=args["workers"] or None, in_memory=args["path"] == "in-memory", block=tuple(args["block"]),
+        report=False, progress=False, n_boot=200,
+    ))
+
+
+def measured(call) -> dict:
+    """Wall seconds and peak RSS of ``call()`` (a `rank`) in this fresh process and its workers,
+    with the ranking's failures and (name, rank, score) rows; "ranking" holds the Ranking."""
+    import psutil
 
     peak_tree = [0]
     stop = threading.Event()
@@ -95,11 +105,7 @@ def child(args: dict) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    ranking = rank(
-        args["bank"], args["target"], out=args["out"], perturbations=[PERTURBATION], device="cpu",
-        workers=args["workers"] or None, in_memory=args["path"] == "in-memory", block=tuple(args["block"]),
-        report=False, progress=False, n_boot=200,
-    )
+    ranking = call()
     seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
@@ -116,6 +122,7 @@ def child(args: dict) -> dict:
         "rss_sampled_mb": round(peak_tree[0] / 1e6, 1),
         "failures": ranking.failures,
         "models": [(r["name"], r["rank"], r["score"]) for r in ranking.rows],
+        "ranking": ranking,
     }
 
 
@@ -209,7 +216,9 @@ def main(argv=None) -> None:
     parser.add_argument("--append", action="store_true", help="add rows to an existing --out instead of replacing it")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        out = child(json.loads(args.child))
+        out.pop("ranking")
+        print(json.dumps(out, default=str))
         return
     block = [int(b) for b in args.block.split(",")]
 

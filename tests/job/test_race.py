@@ -82,20 +82,40 @@ def test_until_separated_stops_once_the_leader_is_clear(noise_bank, many, tmp_pa
     assert max(race["rounds"][-1]["p_best"].values()) >= 0.95 and raced.rows[0]["name"] == "smooth"
 
 
-def test_the_consensus_races_and_an_eliminated_model_leaves_it(noise_bank, many, tmp_path):
+def test_the_consensus_races_and_an_eliminated_model_stays_in_the_pool_of_its_units(noise_bank, many, tmp_path):
+    from segrank.job.rundir import RunDirectory
+    from segrank.scoring.consensus import pairwise_scores, resolve_rounds, resolve_similarity, similarity_matrices
+
     write_sidecar(smooth_threshold_model(noise_bank / "smooth_b.onnx", level=0.45))
     write_sidecar(smooth_threshold_model(noise_bank / "blind.onnx", level=50.0))
     raced = rank(noise_bank, many, out=tmp_path / "run", score="consensus", budget=0.75, keep_top=2, **KW)
     race = raced.race["consensus"]
     rows = _scores(raced, "consensus")
-    assert race["units_visited"] == 12 and race["tasks"] < race["tasks_full_run"] + race["units_visited"]
+    # tasks count inference (one model on one unit) as the full run's count does: 12 units, one
+    # model eliminated on the way
+    assert race["units_visited"] == 12 and race["tasks_full_run"] == 4 * 16 and race["tasks"] < 4 * 12
     assert rows["blind"]["stopped"].startswith("eliminated") and rows["blind"]["rank"] == 4
-    # the remaining models are scored among themselves on every visited unit
     remaining = [r for r in rows.values() if r["stopped"] == "budget"]
     assert len(remaining) >= 2 and all(r["n_scored"] == 12 for r in remaining)
     assert all(r["n_scored"] < 12 for r in rows.values() if r["stopped"].startswith("eliminated"))
-    assert np.isfinite([r["score"] for r in remaining]).all()
     assert [r["rank"] for r in remaining] == list(range(1, len(remaining) + 1))
+    # the eliminated model is in the pool of the units visited before it left, and of no other
+    agreement = RunDirectory(tmp_path / "run").agreement.read()
+    visited = list(dict.fromkeys(r["unit"] for r in agreement))
+    with_blind = {r["unit"] for r in agreement if "blind" in (r["model"], r["other"])}
+    assert len(visited) == 12 and 0 < len(with_blind) < 12
+    # ... and counts there: the remaining models' scores are the consensus over each unit's pool
+    names = raced.consensus["models"]
+    assert "blind" in names
+    ei = resolve_similarity("auto", "semantic")
+    sim, _ = similarity_matrices(agreement, names, visited, ei)
+    per_unit = pairwise_scores(sim, rounds=resolve_rounds(None, "semantic")).per_unit
+    for r in remaining:
+        assert r["score"] == pytest.approx(float(np.nanmedian(per_unit[names.index(r["name"])])), abs=1e-9)
+    without = pairwise_scores(similarity_matrices(agreement, [n for n in names if n != "blind"], visited, ei)[0],
+                              rounds=resolve_rounds(None, "semantic")).per_unit
+    assert not np.allclose(per_unit[[names.index(r["name"]) for r in remaining]],
+                           without[[[n for n in names if n != "blind"].index(r["name"]) for r in remaining]])
 
 
 def test_the_report_shows_the_race(noise_bank, many, tmp_path):

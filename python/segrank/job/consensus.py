@@ -216,7 +216,8 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
                   options: dict, race=None) -> ConsensusOutcome:
     """Store every model's unperturbed predictions (in `cache`, else OUT/predictions), score every
     unit across models, and aggregate; with an active `race` (race.RaceSettings), units are
-    visited in the race's order and eliminated models leave the consensus."""
+    visited in the race's order, and an eliminated model stays in the consensus pool of the units
+    it was scored on (the units visited after it have a smaller pool)."""
     from ..scoring.cache import PredictionCache
     from ..scoring.consensus import resolve_rounds, resolve_similarity
     from .rows import consensus_rows
@@ -239,16 +240,17 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
             models, images, plan.sessions, options_of, run=run, executor=executor, store=store.path, block=o["block"],
             tile=o["tile"], halo=o["halo"], threshold=o["threshold"], failures=failures, settings=race,
             similarity=similarity, n_boot=o["n_boot"], seed=o["seed"])
-        remaining = [m for m in models if m.name not in state.stopped or not state.stopped[m.name].startswith("elim")]
+        ranked = {m.name for m in models if not state.stopped.get(m.name, "").startswith("elim")}
     else:
         predictions = score_consensus(models, images, plan.sessions, options_of, run=run, executor=executor,
                                       store=store.path, block=o["block"], tile=o["tile"], halo=o["halo"],
                                       threshold=o["threshold"], failures=failures, progress=o["progress"])
-        remaining = models
+        ranked = None
+    # the whole bank is the pool: an eliminated model counts on the units it was scored on
     rows, diagnostics, unit_scores = consensus_rows(
-        remaining, images, o["block"], run.agreement.read(), similarity=similarity,
+        models, images, o["block"], run.agreement.read(), similarity=similarity,
         rounds=resolve_rounds(o["rounds"], task),
-        providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"])
+        providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"], ranked=ranked)
     if state is not None and rows:
         from .race import order_by_race
 

@@ -10,9 +10,12 @@ eliminated (it gets no further units; tasks already started still finish), while
 `until_separated`, when the leader's P(best) reaches 0.95 or every remaining model is separated
 from the next (P(#i beats #i+1) >= 0.95); else when every unit is visited (the full ranking).
 
-The consensus score races the same way; its per-unit statistics are pairwise, so an eliminated
-model simply leaves the consensus: the remaining models are scored among themselves on every
-visited unit (the same pool for all rounds, so their scores stay comparable).
+The consensus score races the same way. Its per-unit statistics are pairwise; a unit's pool is
+the models in the race when it was visited, and it stays so: an eliminated model still counts on
+the units it was scored on and is absent from the units visited after it. Every remaining model
+is scored against the same pool on each unit, so the paired comparisons stay fair, and a unit's
+statistics never change once computed (benchmarks/README.md, "the consensus pool": this rule
+kept the full run's pick more often than scoring the remaining models among themselves).
 """
 from __future__ import annotations
 

@@ -7,8 +7,6 @@ stops. A rerun replays the same order and evaluations, so it skips what is done 
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import SegrankError
 from .race import RaceSettings, RaceState, visiting_order
 from .rundir import record_result
@@ -124,7 +122,7 @@ def race_consensus(models, images, sessions, options_of, *, run, executor, store
                    threshold: float, failures: list, settings: RaceSettings, similarity: str, n_boot: int,
                    seed: int) -> tuple[RaceState, int, dict]:
     """Race the consensus stage: per unit, every remaining model's store task, then the unit's
-    agreement task; (state, tasks run, predictions counts)."""
+    agreement task; (state, inference tasks run, predictions counts)."""
     from ..scoring.consensus import pairwise_scores, similarity_matrices
     from .consensus import AgreementTask, agreement_task, store_tasks
 
@@ -147,24 +145,27 @@ def race_consensus(models, images, sessions, options_of, *, run, executor, store
     rows = run.agreement.read()
 
     def evaluate(units):
-        names = sorted(driver.state.remaining, key=list(by_name).index)
-        sim, _ = similarity_matrices(rows, names, units, similarity)
-        scores = pairwise_scores(sim).per_unit
-        full = np.full((len(by_name), len(units)), np.nan)
-        for i, name in enumerate(names):
-            full[list(by_name).index(name)] = scores[i]
-        return full
+        # every model in the pool of the units it was scored on (its agreement rows); the race
+        # reads the rows of the remaining models only
+        sim, _ = similarity_matrices(rows, list(by_name), units, similarity)
+        return pairwise_scores(sim).per_unit
 
     class Driver(_Driver):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.pools: dict[str, list[str]] = {}  # unit -> the models it was handed to: its consensus pool
+
         def tasks_for(self, unit):
             self.units[unit.name] = unit
-            return [t for t in by_unit.get(unit.name, []) if t.model.name in self.state.remaining]
+            tasks = [t for t in by_unit.get(unit.name, []) if t.model.name in self.state.remaining]
+            self.pools[unit.name] = [t.model.name for t in tasks]
+            return tasks
 
     driver = Driver(order, list(by_name), [n for n in by_name if n not in failed], settings, evaluate=evaluate,
                     n_boot=n_boot, seed=seed)
     ran, predictions = 0, {"reused": 0, "computed": 0}
     for task, result in executor.stream(driver.next_task):
-        ran += 1
+        ran += not isinstance(task, AgreementTask)  # inference tasks, as counted for a full run
         result = record_result(task, result, run=run, done={}, failures=failures, predictions=predictions)
         unit = task.unit.name if task.unit is not None else task.image.name
         if "stored" in result:
@@ -176,7 +177,7 @@ def race_consensus(models, images, sessions, options_of, *, run, executor, store
         if isinstance(task, AgreementTask):
             driver.task_done(unit)
         else:
-            driver.store_done(unit, lambda u: agreement_task(u, by_name, keys, list(driver.state.remaining), store,
+            driver.store_done(unit, lambda u: agreement_task(u, by_name, keys, driver.pools[u.name], store,
                                                              threshold, instances))
     return driver.finish(), ran, predictions
 

@@ -137,14 +137,16 @@ def assign_ranks(block: list[dict], p_sep: float | None) -> list[dict]:
 
 
 def consensus_rows(models, images, block, agreement: list[dict], *, similarity: str, rounds: int, providers,
-                   failures, n_boot: int, seed: int) -> tuple[list[dict], dict, dict]:
+                   failures, n_boot: int, seed: int, ranked: set[str] | None = None) -> tuple[list[dict], dict, dict]:
     """Rows of ranking.json for the consensus score (setting "consensus"), its diagnostics, and
-    each model's per-unit scores (for the report).
+    each ranked model's per-unit scores (for the report).
 
-    Each model's per-unit score is its weighted mean agreement with the other models
-    (`scoring.consensus.pairwise_scores`); the median over units, the interval and P(best)
-    come from the same paired bootstrap over units as CTE's, with the weights of the last
-    re-weighting round held fixed (the bootstrap does not redo the rounds).
+    Each model's per-unit score is its weighted mean agreement with the other models that
+    predicted the unit (`scoring.consensus.pairwise_scores`); the median over units, the
+    interval and P(best) come from the same paired bootstrap over units as CTE's, with the
+    weights of the last re-weighting round held fixed (the bootstrap does not redo the rounds).
+    `models` is the pool; only the `ranked` ones (default: all) get rows: a race's eliminated
+    models stay in the pool on the units they were scored on.
     """
     from ..scoring.consensus import agreement_groups, majority_share, pairwise_scores, similarity_matrices
     from .consensus import CONSENSUS
@@ -153,11 +155,14 @@ def consensus_rows(models, images, block, agreement: list[dict], *, similarity: 
     units = [u.name for im in images for u in units_of(im, block)]
     sim, size = similarity_matrices(agreement, names, units, similarity)
     result = pairwise_scores(sim, rounds=rounds, size=size)
-    scores, p_sep = aggregate(names, result.per_unit, n_boot=n_boot, seed=seed, label=CONSENSUS)
+    keep = [i for i, n in enumerate(names) if ranked is None or n in ranked]
+    scores, p_sep = aggregate([names[i] for i in keep], result.per_unit[keep], n_boot=n_boot, seed=seed,
+                              label=CONSENSUS)
     groups = agreement_groups(result.matrix)
     rows = []
-    for i in ranking_order(scores):
-        r, model = scores[i], models[i]
+    for k in ranking_order(scores):
+        r, i = scores[k], keep[k]
+        model = models[i]
         rows.append(ranking_row(
             r, setting=CONSENSUS, metric=similarity, estimator=CONSENSUS, n_images=len(images),
             provider=providers.get(model.name),
@@ -178,7 +183,7 @@ def consensus_rows(models, images, block, agreement: list[dict], *, similarity: 
             f"no agreeing majority: the largest group of models that agree holds {share:.0%} of the bank; "
             "the consensus may be the wrong one, compare with --score cte"],
     }
-    per_unit = {n: [float(v) for v in result.per_unit[i]] for i, n in enumerate(names)}
+    per_unit = {names[i]: [float(v) for v in result.per_unit[i]] for i in keep}
     return rows, diagnostics, per_unit
 
 
