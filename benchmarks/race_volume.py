@@ -10,11 +10,14 @@ make_em_volume.py by the default consensus score on a LocalCluster, each run in 
 
 On volumes listed in ``--full-sizes`` the full run is measured; on the others its time is
 estimated as the measured full run's seconds per task (the smallest full size) times this
-volume's task count, and marked "estimate". Compared with the full run: time and tasks, the top
-pick and the top 3 (where the full run was measured), peak RSS.
+volume's task count, and marked "estimate" (the small run's start-up, reported as
+"first_task_s", is scaled with it, so the estimate errs high by at most that share). The top
+pick and the top 3 are compared with the full run of the same volume, else with the smallest
+measured full run ("reference"): make_em_volume.py plays the same 20 real sections back and
+forth, so a 64-slice volume holds every section the 4 GiB one does.
 
-    python benchmarks/make_em_volume.py --gib 0.25 4
-    python benchmarks/race_volume.py --sizes 0.25 4 --full-sizes 0.25
+    python benchmarks/make_em_volume.py --gib 0.0625 4
+    python benchmarks/race_volume.py --sizes 0.0625 4 --full-sizes 0.0625
 
 Rows go to benchmarks/results/race_volume.json (after every run: a cut-short run keeps its rows)
 and a table to race_volume.md.
@@ -46,6 +49,9 @@ def child(args: dict) -> dict:
     """One measured `rank` in this fresh process."""
     from segrank.job import rank
 
+    import time
+
+    start = time.time()
     out = scale.measured(lambda: rank(
         args["bank"], args["target"], out=args["out"], device="cpu", workers=args["workers"],
         block=tuple(args["block"]), report=False, progress=False, **SETTINGS[args["setting"]]))
@@ -54,6 +60,10 @@ def child(args: dict) -> dict:
     out["race"] = None if race is None else {k: race[k] for k in ("stop", "units_visited", "units_total", "tasks",
                                                                    "tasks_full_run")}
     out["order"] = [r["name"] for r in ranking.rows]
+    # start-up: from the call to the first stored prediction (the store's completion markers)
+    done = Path(args["out"]) / "predictions" / "_done"
+    stamps = [f.stat().st_mtime for f in done.rglob("*") if f.is_file() and f.name != "zarr.json"]
+    out["first_task_s"] = round(min(stamps) - start, 1) if stamps else None
     return out
 
 
@@ -69,8 +79,8 @@ def run_one(volume: Path, setting: str, *, workers: int, block, work: Path) -> d
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--sizes", type=float, nargs="+", default=[0.25, 4.0])
-    p.add_argument("--full-sizes", type=float, nargs="*", default=[0.25])
+    p.add_argument("--sizes", type=float, nargs="+", default=[0.0625, 4.0])
+    p.add_argument("--full-sizes", type=float, nargs="*", default=[0.0625])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--block", default="64,256,256")
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
            "bank": "benchmarks/bank/em-mito (14 models)", "workers": args.workers, "block": block, "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="segrank-race-volume-"))
-    per_task = None  # seconds per task of the smallest measured full run
+    per_task = reference = None  # seconds per task and the row of the smallest measured full run
     for gib in sorted(args.sizes):
         volume = args.data / f"em-{gib:g}gib.zarr"
         if not volume.exists():
@@ -99,21 +109,24 @@ def main(argv=None) -> int:
                 continue
             r = run_one(volume, setting, workers=args.workers, block=block, work=work)
             row = {"volume_gib": gib, "setting": setting, "seconds": round(r["seconds"], 1),
-                   "peak_rss_mb": r["peak_rss_mb"], "race": r["race"], "order": r["order"],
-                   "failures": r["failures"]}
+                   "peak_rss_mb": r["peak_rss_mb"], "first_task_s": r["first_task_s"], "race": r["race"],
+                   "order": r["order"], "failures": r["failures"]}
             if setting == "full":
                 full = row
                 row["tasks"] = row["tasks_full_run"] = len(r["order"]) * _units(volume, block)
                 if per_task is None:
-                    per_task = row["seconds"] / row["tasks"]
+                    per_task, reference = row["seconds"] / row["tasks"], row
             else:
                 row["tasks"], row["tasks_full_run"] = r["race"]["tasks"], r["race"]["tasks_full_run"]
                 if full is not None:
                     row["full_seconds"], row["full_is"] = full["seconds"], "measured"
-                    row["same_top1"] = row["order"][0] == full["order"][0]
-                    row["top3_overlap"] = len(set(row["order"][:3]) & set(full["order"][:3])) / 3
                 elif per_task is not None:
                     row["full_seconds"], row["full_is"] = round(per_task * row["tasks_full_run"], 1), "estimate"
+                compare = full or reference
+                if compare is not None:
+                    row["reference"] = f"full run, {compare['volume_gib']:g} GiB"
+                    row["same_top1"] = row["order"][0] == compare["order"][0]
+                    row["top3_overlap"] = len(set(row["order"][:3]) & set(compare["order"][:3])) / 3
                 if "full_seconds" in row:
                     row["time_vs_full"] = round(row["seconds"] / row["full_seconds"], 3)
                 row["tasks_vs_full"] = round(row["tasks"] / row["tasks_full_run"], 3)
@@ -123,14 +136,15 @@ def main(argv=None) -> int:
     lines = ["# Racing on EM volumes (`benchmarks/race_volume.py`)", "",
              f"{doc['bank']}, default consensus score, {args.workers} local workers, block {args.block}; "
              f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores; commit {commit}.", "",
-             "| volume | setting | seconds | full run (s) | time vs full | tasks vs full | stop | same top-1 | top-3 overlap | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| volume | setting | seconds | full run (s) | time vs full | tasks vs full | stop | same top-1 | top-3 overlap | vs | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in doc["rows"]:
         full_s = f"{row['full_seconds']:.0f} ({row['full_is']})" if "full_seconds" in row else "-"
         lines.append(
             f"| {row['volume_gib']:g} GiB | {row['setting']} | {row['seconds']:.0f} | {full_s} | "
             f"{row.get('time_vs_full', '-')} | {row.get('tasks_vs_full', '-')} | {(row['race'] or {}).get('stop', '-')} | "
-            f"{row.get('same_top1', '-')} | {_fmt(row.get('top3_overlap'))} | {row['peak_rss_mb']:.0f} |")
+            f"{row.get('same_top1', '-')} | {_fmt(row.get('top3_overlap'))} | {row.get('reference', '-')} | "
+            f"{row['peak_rss_mb']:.0f} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

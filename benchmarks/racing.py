@@ -49,7 +49,7 @@ def replay(rows: list[dict], names: list[str], units: list[str], task: str, sett
         by_unit.setdefault(r["unit"], []).append(r)
     state = RaceState(list(names), set(names))
     budget = settings.budget_units(len(units))
-    step = settings.round_size(len(units))
+    checkpoint = settings.round_size(len(units))
     tasks, visited, alive = 0, [], {}
 
     def per_unit(rounds: int) -> np.ndarray:
@@ -69,7 +69,11 @@ def replay(rows: list[dict], names: list[str], units: list[str], task: str, sett
         visited.append(unit)
         alive[unit] = set(state.remaining)
         state.visited = len(visited)
-        if settings.active and (len(visited) % step == 0 or len(visited) == budget):
+        if len(visited) == checkpoint:
+            checkpoint += settings.round_size(len(units), checkpoint)
+        elif len(visited) != budget:
+            continue
+        if settings.active:
             state.evaluate(per_unit(0), settings, n_boot=n_boot, seed=seed)
             if state.stop:
                 break

@@ -41,6 +41,18 @@ def test_visiting_order_is_seeded_complete_and_stratified(tmp_path):
     assert len(octants) == 8  # the first 8 units cover the 8 regions of the volume
 
 
+def test_rounds_are_5_units_then_widen_on_large_targets():
+    settings = RaceSettings(until_separated=True)
+    assert {settings.round_size(84, v) for v in range(0, 84, 5)} == {5}  # small targets: every 5 units
+    checkpoints = [settings.round_size(1024)]
+    while checkpoints[-1] < 1024:
+        checkpoints.append(checkpoints[-1] + settings.round_size(1024, checkpoints[-1]))
+    steps = np.diff(checkpoints)
+    assert checkpoints[:10] == list(range(5, 55, 5))  # a 1,000-unit volume is judged after 5 units
+    assert (np.diff(steps) >= 0).all() and steps.max() == 52  # widening, at most 5 % of the units
+    assert RaceSettings(round_units=7).round_size(1024, 500) == 7
+
+
 def test_budget_parsing():
     assert parse_budget("0.25") == 0.25 and parse_budget("40") == 40.0 and parse_budget(None) is None
     assert RaceSettings(budget=0.25).budget_units(16) == 4 and RaceSettings(budget=40).budget_units(16) == 16

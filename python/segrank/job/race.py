@@ -2,8 +2,9 @@
 
 Units (images, or scoring blocks of volumes) are visited in a seeded order that takes one unit
 of each image (and of each region of a volume) in turn, so that any prefix covers the data.
-Tasks are started as workers free up (`Executor.stream`: no batch barrier); every `round_units`
-finished units the race is evaluated: a paired bootstrap over the units scored so far gives each
+Tasks are started as workers free up (`Executor.stream`: no batch barrier); after every round of
+finished units (`RaceSettings.round_size`: 5 units, widening on large targets) the race is
+evaluated: a paired bootstrap over the units scored so far gives each
 remaining model P(best) and P(top k); a model whose P(top k) falls below `drop_below` is
 eliminated (it gets no further units; tasks already started still finish), while at least
 `keep_top` models remain. The race stops when the budget of units is spent, or, with
@@ -37,7 +38,7 @@ class RaceSettings:
     until_separated: bool = False
     keep_top: int = 3
     drop_below: float = 0.01  # eliminate a model whose P(top keep_top) is below this
-    round_units: int | None = None  # units between evaluations (default: max(5, 5 % of the units))
+    round_units: int | None = None  # units between evaluations (default: `round_size`'s schedule)
 
     @property
     def active(self) -> bool:
@@ -50,8 +51,14 @@ class RaceSettings:
             return max(1, math.ceil(self.budget * n_units))
         return min(n_units, int(self.budget))
 
-    def round_size(self, n_units: int) -> int:
-        return self.round_units or max(5, math.ceil(0.05 * n_units))
+    def round_size(self, n_units: int, visited: int = 0) -> int:
+        """Units in the round that follows `visited` units: 5, growing by 10 % of the units
+        visited, at most 5 % of all units. A large target is evaluated after its first units
+        (a 4 GiB volume has ~1,000 blocks) and then at a widening pace, so the bootstraps stay
+        a small part of the run; up to 100 units the rounds are 5 units each."""
+        if self.round_units:
+            return self.round_units
+        return max(5, min(math.ceil(0.1 * visited), math.ceil(0.05 * n_units)))
 
 
 def parse_budget(text: str | None) -> float | None:

@@ -2,7 +2,7 @@
 
 Both drivers hand the executor one task at a time (`Executor.stream`), unit by unit in the
 race's visiting order, only for models still in the race; they append results as they come,
-evaluate the race every `round_size` finished units, and stop handing out tasks when the race
+evaluate the race after every round of finished units (`RaceSettings.round_size`), and stop handing out tasks when the race
 stops. A rerun replays the same order and evaluations, so it skips what is done and continues.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ class _Driver:
         self.order, self.settings = order, settings
         self.state = RaceState(list(names), set(remaining))
         self.budget = settings.budget_units(len(order))
-        self.round = settings.round_size(len(order))
+        self.checkpoint = settings.round_size(len(order))  # evaluate when this many units are done
+        self.evaluated_at = 0
         self.position = 0
         self.queue: list = []  # tasks ready to hand out, first served
         self.open: dict[str, int] = {}  # unit -> tasks still running
@@ -34,7 +35,8 @@ class _Driver:
             if self.state.stop or self.position >= self.budget:
                 return None
             opened = []
-            while self.position < self.budget and len(opened) < self.round:
+            size = self.settings.round_size(len(self.order), self.position)
+            while self.position < self.budget and len(opened) < size:
                 unit = self.order[self.position]
                 self.position += 1
                 tasks = self.tasks_for(unit)
@@ -57,8 +59,13 @@ class _Driver:
     def unit_done(self, name: str) -> None:
         self.finished.append(name)
         self.state.visited = len(self.finished)
-        if len(self.finished) % self.round == 0:
-            self.state.evaluate(self._evaluate(self.finished), self.settings, n_boot=self.n_boot, seed=self.seed)
+        if len(self.finished) == self.checkpoint:
+            self.checkpoint += self.settings.round_size(len(self.order), self.checkpoint)
+            self._evaluate_now()
+
+    def _evaluate_now(self) -> None:
+        self.evaluated_at = len(self.finished)
+        self.state.evaluate(self._evaluate(self.finished), self.settings, n_boot=self.n_boot, seed=self.seed)
 
     def store_done(self, unit: str, agreement_task) -> None:
         """One of a unit's store tasks is back; after the last, its agreement task goes first in
@@ -81,8 +88,8 @@ class _Driver:
             self.unit_done(unit)
 
     def finish(self) -> RaceState:
-        if self.finished and len(self.finished) % self.round:
-            self.state.evaluate(self._evaluate(self.finished), self.settings, n_boot=self.n_boot, seed=self.seed)
+        if self.finished and self.evaluated_at != len(self.finished):
+            self._evaluate_now()
         self.state.finish("complete" if self.position >= len(self.order) and not self.state.stop else "budget")
         return self.state
 
