@@ -84,6 +84,48 @@ def replay(rows: list[dict], names: list[str], units: list[str], task: str, sett
     return sorted(keep, key=lambda n: -score[n]), tasks, len(visited)
 
 
+def replay_cte(per_unit: dict[str, dict[str, float]], names: list[str], units: list[str], settings, seed: int,
+               n_boot: int):
+    """As `replay`, over CTE's stored per-unit scores ({model: {unit: score}}): each model's score
+    is its own, so no pool."""
+    from segrank.job.race import RaceState
+
+    matrix = np.array([[per_unit.get(n, {}).get(u, np.nan) for u in units] for n in names], dtype=float)
+    state = RaceState(list(names), set(names))
+    budget = settings.budget_units(len(units))
+    checkpoint = settings.round_size(len(units))
+    tasks, visited = 0, 0
+    for _ in units[:budget]:
+        tasks += len(state.remaining)
+        visited += 1
+        state.visited = visited
+        if visited == checkpoint:
+            checkpoint += settings.round_size(len(units), checkpoint)
+        elif visited != budget:
+            continue
+        if settings.active:
+            state.evaluate(matrix[:, :visited], settings, n_boot=n_boot, seed=seed)
+            if state.stop:
+                break
+    keep = [n for n in names if n in state.remaining]
+    with np.errstate(all="ignore"):
+        score = {n: float(np.nanmedian(matrix[names.index(n), :visited])) for n in keep}
+    return sorted(keep, key=lambda n: (-score[n] if np.isfinite(score[n]) else np.inf)), tasks, visited
+
+
+def cte_per_unit(task: str, folder: Path, names: list[str], images_dir: Path, seed: int) -> dict:
+    """CTE's per-unit scores of the target's models: one `rank(score="cte")` with the default
+    perturbation, kept in the target's work folder (a rerun reads it back)."""
+    from segrank.job import rank
+
+    models, _ = rq.load_models({"path": HERE / "bank" / task})
+    models = [m for m in models if m.name in names]
+    out = folder / "rank-cte"
+    rank(models, images_dir, out=out, score="cte", device="cpu", report=False, progress=False, seed=seed)
+    (setting, per), = rq.per_unit_scores(out).items()
+    return per
+
+
 def summarise(targets: list[dict]) -> dict:
     keys = ("same_top1", "top3_overlap", "regret_vs_full", "regret_vs_true")
     return {"targets": targets, "mean": {k: float(np.mean([x[k] for x in targets])) for k in keys} | {
@@ -104,22 +146,33 @@ def main(argv=None) -> int:
     p.add_argument("--consensus", default="consensus_quality", help="consensus_quality results with the truth")
     p.add_argument("--pool", nargs="+", choices=POOLS, default=list(POOLS),
                    help="what an eliminated model does to the consensus pool (README: P0 leave, P1 keep)")
+    p.add_argument("--score", choices=("consensus", "cte"), default="consensus",
+                   help="cte: run the default CTE once per target (kept in its work folder) and race over it")
     cfg = p.parse_args(argv)
+    pools = cfg.pool if cfg.score == "consensus" else ["cte"]
     truth_doc = json.loads((rq.RESULTS / f"{cfg.consensus}.json").read_text())["tasks"]
     results = {}
     for task, res in truth_doc.items():
         kind = "instance" if task.endswith("instance") else "semantic"
-        per_setting = {(name, pool): [] for name in SETTINGS for pool in cfg.pool}
+        per_setting = {(name, pool): [] for name in SETTINGS for pool in pools}
         for t in res["targets"]:
             folder = next((rq.WORK / task).glob(f"{t['name']}*-n{cfg.max_images}-c{cfg.crop}-s{cfg.seed}"))
-            rows = RunDirectory(folder / "rank-consensus").agreement.read()
-            images = open_target(rq.WORK / "targets" / folder.name / "images").images
-            units = [u.name for u in visiting_order(images, (64, 256, 256), cfg.seed)]
+            images_dir = rq.WORK / "targets" / folder.name / "images"
+            units = [u.name for u in visiting_order(open_target(images_dir).images, (64, 256, 256), cfg.seed)]
             names, truth = t["models"], t["true"]
-            full, full_tasks, _ = replay(rows, names, units, kind, RaceSettings(), cfg.seed, cfg.n_boot)
+            if cfg.score == "consensus":
+                rows = RunDirectory(folder / "rank-consensus").agreement.read()
+
+                def race(settings, pool):
+                    return replay(rows, names, units, kind, settings, cfg.seed, cfg.n_boot, pool=pool)
+            else:
+                per = cte_per_unit(task, folder, names, images_dir, cfg.seed)
+
+                def race(settings, pool):
+                    return replay_cte(per, names, units, settings, cfg.seed, cfg.n_boot)
+            full, full_tasks, _ = race(RaceSettings(), None)
             for (name, pool), found in per_setting.items():
-                order, tasks, visited = replay(rows, names, units, kind, RaceSettings(**SETTINGS[name]), cfg.seed,
-                                               cfg.n_boot, pool=pool)
+                order, tasks, visited = race(RaceSettings(**SETTINGS[name]), pool)
                 found.append({
                     "target": t["name"], "tasks": tasks, "tasks_full": full_tasks, "units": visited,
                     "units_full": len(units), "same_top1": order[0] == full[0],
@@ -128,7 +181,7 @@ def main(argv=None) -> int:
                     "regret_vs_true": max(truth.values()) - truth[order[0]],
                 })
         results[task] = {f"{name} [{pool}]": summarise(v) for (name, pool), v in per_setting.items()}
-    lines = [f"# Racing replayed on the consensus runs ({cfg.report})", "",
+    lines = [f"# Racing replayed on the {cfg.score} runs ({cfg.report})", "",
              f"Targets of `{cfg.consensus}` (`--max-images {cfg.max_images} --seed {cfg.seed}`); a task = one model's "
              "prediction of one unit. Means over targets.", "",
              "| task | setting | tasks vs full | same top-1 | top-3 overlap | regret vs full | regret vs true best |",
