@@ -15,7 +15,9 @@ and the regret against the full run's pick and against the true best (labels).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +34,11 @@ SETTINGS = {  # declared before the first run
     "every unit (keep top 3)": dict(budget=1.0, keep_top=3),  # declared in session 5
 }
 POOLS = ("leave", "keep")
+ELIMINATION = {  # declared in session 5 (README "When to eliminate"); n = the target's units
+    "E0": lambda n: {"drop_below": 0.01},
+    "E1": lambda n: {"drop_below": 0.01, "eliminate_from": max(20, math.ceil(0.1 * n))},
+    "E2": lambda n: {"drop_below": 0.001},
+}
 
 
 def replay(rows: list[dict], names: list[str], units: list[str], task: str, settings, seed: int, n_boot: int,
@@ -146,10 +153,14 @@ def main(argv=None) -> int:
     p.add_argument("--consensus", default="consensus_quality", help="consensus_quality results with the truth")
     p.add_argument("--pool", nargs="+", choices=POOLS, default=list(POOLS),
                    help="what an eliminated model does to the consensus pool (README: P0 leave, P1 keep)")
+    p.add_argument("--elimination", nargs="+", choices=list(ELIMINATION), default=["E0"],
+                   help="elimination-rule variants (README: When to eliminate)")
     p.add_argument("--score", choices=("consensus", "cte"), default="consensus",
                    help="cte: run the default CTE once per target (kept in its work folder) and race over it")
     cfg = p.parse_args(argv)
     pools = cfg.pool if cfg.score == "consensus" else ["cte"]
+    if cfg.elimination != ["E0"]:  # variant rows are named "setting [pool] Ek"
+        pools = [f"{pool}] [{e}" for pool in pools for e in cfg.elimination]
     truth_doc = json.loads((rq.RESULTS / f"{cfg.consensus}.json").read_text())["tasks"]
     results = {}
     for task, res in truth_doc.items():
@@ -164,12 +175,17 @@ def main(argv=None) -> int:
                 rows = RunDirectory(folder / "rank-consensus").agreement.read()
 
                 def race(settings, pool):
-                    return replay(rows, names, units, kind, settings, cfg.seed, cfg.n_boot, pool=pool)
+                    return replay(rows, names, units, kind, variant(settings, pool), cfg.seed, cfg.n_boot,
+                                  pool=(pool or "keep").split("]")[0])
             else:
                 per = cte_per_unit(task, folder, names, images_dir, cfg.seed)
 
                 def race(settings, pool):
-                    return replay_cte(per, names, units, settings, cfg.seed, cfg.n_boot)
+                    return replay_cte(per, names, units, variant(settings, pool), cfg.seed, cfg.n_boot)
+
+            def variant(settings, pool):
+                e = pool.rsplit("[", 1)[1] if pool and "[" in pool else "E0"
+                return dataclasses.replace(settings, **ELIMINATION[e](len(units)))
             full, full_tasks, _ = race(RaceSettings(), None)
             for (name, pool), found in per_setting.items():
                 order, tasks, visited = race(RaceSettings(**SETTINGS[name]), pool)

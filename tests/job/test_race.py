@@ -53,6 +53,19 @@ def test_rounds_are_5_units_then_widen_on_large_targets():
     assert RaceSettings(round_units=7).round_size(1024, 500) == 7
 
 
+def test_no_model_is_eliminated_before_eliminate_from_units():
+    from segrank.job.race import RaceState
+
+    rng = np.random.default_rng(0)
+    per_unit = np.vstack([0.9 + 0.01 * rng.standard_normal(6), 0.8 + 0.01 * rng.standard_normal(6),
+                          0.7 + 0.01 * rng.standard_normal(6), 0.1 + 0.01 * rng.standard_normal(6)])
+    for eliminate_from, expected in ((5, {"a", "b", "c"}), (7, {"a", "b", "c", "d"})):
+        state = RaceState(list("abcd"), set("abcd"))
+        state.visited = 6
+        state.evaluate(per_unit, RaceSettings(keep_top=3, eliminate_from=eliminate_from), n_boot=200, seed=0)
+        assert state.remaining == expected
+
+
 def test_budget_parsing():
     assert parse_budget("0.25") == 0.25 and parse_budget("40") == 40.0 and parse_budget(None) is None
     assert RaceSettings(budget=0.25).budget_units(16) == 4 and RaceSettings(budget=40).budget_units(16) == 16
