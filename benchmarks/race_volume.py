@@ -18,6 +18,7 @@ forth, so a 64-slice volume holds every section the 4 GiB one does.
 
     python benchmarks/make_em_volume.py --gib 0.0625 4
     python benchmarks/race_volume.py --sizes 0.0625 4 --full-sizes 0.0625
+    python benchmarks/race_volume.py --append --sizes 4 --settings until-separated   # a rerun of one race
 
 Rows go to benchmarks/results/race_volume.json (after every run: a cut-short run keeps its rows)
 and a table to race_volume.md.
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=HERE / "data")
     p.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "race_volume.json")
+    p.add_argument("--append", action="store_true",
+                   help="keep --out's rows and use its smallest full run as the reference (same machine)")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child)), default=str))
@@ -99,6 +102,14 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="segrank-race-volume-"))
     per_task = reference = None  # seconds per task and the row of the smallest measured full run
+    if args.append and args.out.exists():
+        old = json.loads(args.out.read_text())
+        doc["rows"], doc["command"] = old["rows"], old["command"] + " ; " + doc["command"]
+        doc["commit"] = f"{old.get('commit')} ; {commit}"
+        fulls = sorted((r for r in doc["rows"] if r["setting"] == "full"), key=lambda r: r["volume_gib"])
+        if fulls:
+            reference = fulls[0]
+            per_task = reference["seconds"] / reference["tasks"]
     for gib in sorted(args.sizes):
         volume = args.data / f"em-{gib:g}gib.zarr"
         if not volume.exists():
@@ -117,6 +128,9 @@ def main(argv=None) -> int:
                 if per_task is None:
                     per_task, reference = row["seconds"] / row["tasks"], row
             else:
+                from segrank.job.race import RaceSettings
+
+                row["drop_below"] = RaceSettings().drop_below
                 row["tasks"], row["tasks_full_run"] = r["race"]["tasks"], r["race"]["tasks_full_run"]
                 if full is not None:
                     row["full_seconds"], row["full_is"] = full["seconds"], "measured"
@@ -136,12 +150,12 @@ def main(argv=None) -> int:
     lines = ["# Racing on EM volumes (`benchmarks/race_volume.py`)", "",
              f"{doc['bank']}, default consensus score, {args.workers} local workers, block {args.block}; "
              f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores; commit {commit}.", "",
-             "| volume | setting | seconds | full run (s) | time vs full | tasks vs full | stop | same top-1 | top-3 overlap | vs | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| volume | setting | drop below | seconds | full run (s) | time vs full | tasks vs full | stop | same top-1 | top-3 overlap | vs | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in doc["rows"]:
         full_s = f"{row['full_seconds']:.0f} ({row['full_is']})" if "full_seconds" in row else "-"
         lines.append(
-            f"| {row['volume_gib']:g} GiB | {row['setting']} | {row['seconds']:.0f} | {full_s} | "
+            f"| {row['volume_gib']:g} GiB | {row['setting']} | {row.get('drop_below', '-')} | {row['seconds']:.0f} | {full_s} | "
             f"{row.get('time_vs_full', '-')} | {row.get('tasks_vs_full', '-')} | {(row['race'] or {}).get('stop', '-')} | "
             f"{row.get('same_top1', '-')} | {_fmt(row.get('top3_overlap'))} | {row.get('reference', '-')} | "
             f"{row['peak_rss_mb']:.0f} |")
