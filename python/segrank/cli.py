@@ -128,7 +128,7 @@ def cmake_dir_cmd():
 @click.option("--until-separated", is_flag=True,
               help="Answer early: stop once the top pick (or every model from the next) is separated.")
 @click.option("--keep-top", type=click.IntRange(min=1), default=3, show_default=True,
-              help="With --budget / --until-separated: models below 1%% chance of this top are eliminated.")
+              help="With --budget / --until-separated: models below 0.1%% chance of this top are eliminated.")
 @click.option("--output-space", default=None,
               help="Declare that every model of the bank predicts this output space (e.g. a bioimage.io package "
                    "beside sidecar models that name it differently).")
