@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(json.loads(args.child)), default=str))
         return 0
     block = [int(b) for b in args.block.split(",")]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = scale._commit()
     doc = {"machine": {"cpu": scale._cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
            "commit": commit, "command": "python benchmarks/race_volume.py " + " ".join(argv or sys.argv[1:]),
            "bank": "benchmarks/bank/em-mito (14 models)", "workers": args.workers, "block": block, "rows": []}

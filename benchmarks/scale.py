@@ -146,6 +146,8 @@ def measure(volume: Path, *, gib: float, workers: int, path: str, bank: Path, bl
         raise SystemExit(f"run {args} failed:\n{res.stderr[-3000:]}")
     out = json.loads(res.stdout.strip().splitlines()[-1])
     row = {
+        # which code on which machine: rows of several sessions share one file (--append)
+        "commit": _commit(), "cpu": _cpu(), "cores": os.cpu_count(),
         "volume_gib": round(voxels / (1 << 30), 4),
         "workers": workers,
         "mvox_s": round(voxels / out["seconds"] / 1e6, 2),
@@ -189,6 +191,11 @@ def same_ranking(volume: Path, *, bank: Path, block, workdir: Path) -> dict:
     }
     print(json.dumps(result), flush=True)
     return result
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+    return out.stdout.strip() or "unknown"
 
 
 def _cpu() -> str:
