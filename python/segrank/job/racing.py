@@ -2,8 +2,9 @@
 
 Both drivers hand the executor one task at a time (`Executor.stream`), unit by unit in the
 race's visiting order, only for models still in the race; they append results as they come,
-evaluate the race after every round of finished units (`RaceSettings.round_size`), and stop handing out tasks when the race
-stops. A rerun replays the same order and evaluations, so it skips what is done and continues.
+evaluate the race after every round of finished units (`RaceSettings.round_size`), and stop
+handing out tasks when the race stops. A rerun replays the same order and evaluations, so it
+skips what is done and continues.
 """
 from __future__ import annotations
 
