@@ -32,6 +32,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,8 +50,6 @@ SETTINGS = {  # declared in benchmarks/README.md before the first run
 def child(args: dict) -> dict:
     """One measured `rank` in this fresh process."""
     from segrank.job import rank
-
-    import time
 
     start = time.time()
     out = scale.measured(lambda: rank(
@@ -94,6 +93,8 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child)), default=str))
         return 0
+    from segrank.job.race import RaceSettings
+
     block = [int(b) for b in args.block.split(",")]
     commit = scale._commit()
     doc = {"machine": {"cpu": scale._cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
@@ -128,8 +129,6 @@ def main(argv=None) -> int:
                 if per_task is None:
                     per_task, reference = row["seconds"] / row["tasks"], row
             else:
-                from segrank.job.race import RaceSettings
-
                 row["drop_below"] = RaceSettings().drop_below
                 row["tasks"], row["tasks_full_run"] = r["race"]["tasks"], r["race"]["tasks_full_run"]
                 if full is not None:
@@ -165,12 +164,11 @@ def main(argv=None) -> int:
 
 
 def _units(volume: Path, block) -> int:
-    import math
+    """Scoring blocks of the volume, as the job counts them."""
+    from segrank.io.targets import open_target
+    from segrank.job.units import units_of
 
-    import zarr
-
-    shape = zarr.open_array(str(volume)).shape
-    return math.prod(math.ceil(s / b) for s, b in zip(shape, block))
+    return sum(len(units_of(im, tuple(block))) for im in open_target(volume).images)
 
 
 def _fmt(x) -> str:

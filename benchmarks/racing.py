@@ -15,7 +15,6 @@ and the regret against the full run's pick and against the true best (labels).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -41,28 +40,55 @@ ELIMINATION = {  # declared in session 5 (README "When to eliminate"); n = the t
 }
 
 
+def run_race(names: list[str], units: list[str], settings, evaluate, *, seed: int, n_boot: int, on_visit=None):
+    """The race's decisions over stored per-unit scores: (RaceState, tasks used, units visited).
+    `evaluate(visited)` gives the (models x visited units) scores at the end of a round;
+    `on_visit(unit, remaining)` hears of each unit as it is visited."""
+    from segrank.job.race import RaceState
+
+    state = RaceState(list(names), set(names))
+    budget = settings.budget_units(len(units))
+    checkpoints = settings.checkpoints(len(units))
+    tasks, visited = 0, []
+    for unit in units[:budget]:
+        tasks += len(state.remaining)
+        visited.append(unit)
+        if on_visit:
+            on_visit(unit, set(state.remaining))
+        state.visited = len(visited)
+        if settings.active and (len(visited) in checkpoints or len(visited) == budget):
+            state.evaluate(evaluate(visited), settings, n_boot=n_boot, seed=seed)
+            if state.stop:
+                break
+    return state, tasks, visited
+
+
+def final_order(state, names: list[str], per_unit: np.ndarray) -> list[str]:
+    """The remaining models by their median per-unit score (NaN last)."""
+    keep = [n for n in names if n in state.remaining]
+    with np.errstate(all="ignore"):
+        score = {n: float(np.nanmedian(per_unit[names.index(n)])) for n in keep}
+    return sorted(keep, key=lambda n: -score[n] if np.isfinite(score[n]) else np.inf)
+
+
 def replay(rows: list[dict], names: list[str], units: list[str], task: str, settings, seed: int, n_boot: int,
            pool: str = "leave"):
-    """(order of the final ranking, tasks used, units visited) of one race over stored rows.
+    """(order of the final ranking, tasks used, units visited) of one consensus race over stored rows.
 
     pool "leave": the remaining models are scored among themselves on every visited unit;
     "keep": each unit's pool is the models in the race when it was visited."""
-    from segrank.job.race import RaceState
     from segrank.scoring.consensus import pairwise_scores, resolve_rounds, resolve_similarity, similarity_matrices
 
     similarity = resolve_similarity("auto", task)
     by_unit: dict[str, list[dict]] = {}
     for r in rows:
         by_unit.setdefault(r["unit"], []).append(r)
-    state = RaceState(list(names), set(names))
-    budget = settings.budget_units(len(units))
-    checkpoint = settings.round_size(len(units))
-    tasks, visited, alive = 0, [], {}
+    alive: dict[str, set] = {}  # unit -> the models in the race when it was visited
 
-    def per_unit(rounds: int) -> np.ndarray:
+    def per_unit(visited, remaining, rounds: int = 0) -> np.ndarray:
         per = np.full((len(names), len(visited)), np.nan)
         if pool == "leave":
-            keep = [n for n in names if n in state.remaining]
+            keep = [n for n in names if n in remaining]
             sim, _ = similarity_matrices([r for u in visited for r in by_unit.get(u, [])], keep, visited, similarity)
             per[[names.index(n) for n in keep]] = pairwise_scores(sim, rounds=rounds).per_unit
         else:
@@ -71,53 +97,20 @@ def replay(rows: list[dict], names: list[str], units: list[str], task: str, sett
             per[:] = pairwise_scores(sim, rounds=rounds).per_unit
         return per
 
-    for unit in units[:budget]:
-        tasks += len(state.remaining)
-        visited.append(unit)
-        alive[unit] = set(state.remaining)
-        state.visited = len(visited)
-        if len(visited) == checkpoint:
-            checkpoint += settings.round_size(len(units), checkpoint)
-        elif len(visited) != budget:
-            continue
-        if settings.active:
-            state.evaluate(per_unit(0), settings, n_boot=n_boot, seed=seed)
-            if state.stop:
-                break
-    final = per_unit(resolve_rounds(None, task))
-    keep = [n for n in names if n in state.remaining]
-    with np.errstate(all="ignore"):
-        score = {n: float(np.nanmedian(final[names.index(n)])) for n in keep}
-    return sorted(keep, key=lambda n: -score[n]), tasks, len(visited)
+    # a round ends right after its last visit, so the models in the race are those it was handed to
+    state, tasks, visited = run_race(names, units, settings, lambda v: per_unit(v, alive[v[-1]]),
+                                     seed=seed, n_boot=n_boot, on_visit=alive.__setitem__)
+    final = per_unit(visited, state.remaining, resolve_rounds(None, task))
+    return final_order(state, names, final), tasks, len(visited)
 
 
 def replay_cte(per_unit: dict[str, dict[str, float]], names: list[str], units: list[str], settings, seed: int,
                n_boot: int):
     """As `replay`, over CTE's stored per-unit scores ({model: {unit: score}}): each model's score
     is its own, so no pool."""
-    from segrank.job.race import RaceState
-
     matrix = np.array([[per_unit.get(n, {}).get(u, np.nan) for u in units] for n in names], dtype=float)
-    state = RaceState(list(names), set(names))
-    budget = settings.budget_units(len(units))
-    checkpoint = settings.round_size(len(units))
-    tasks, visited = 0, 0
-    for _ in units[:budget]:
-        tasks += len(state.remaining)
-        visited += 1
-        state.visited = visited
-        if visited == checkpoint:
-            checkpoint += settings.round_size(len(units), checkpoint)
-        elif visited != budget:
-            continue
-        if settings.active:
-            state.evaluate(matrix[:, :visited], settings, n_boot=n_boot, seed=seed)
-            if state.stop:
-                break
-    keep = [n for n in names if n in state.remaining]
-    with np.errstate(all="ignore"):
-        score = {n: float(np.nanmedian(matrix[names.index(n), :visited])) for n in keep}
-    return sorted(keep, key=lambda n: (-score[n] if np.isfinite(score[n]) else np.inf)), tasks, visited
+    state, tasks, visited = run_race(names, units, settings, lambda v: matrix[:, :len(v)], seed=seed, n_boot=n_boot)
+    return final_order(state, names, matrix[:, :len(visited)]), tasks, len(visited)
 
 
 def cte_per_unit(task: str, folder: Path, names: list[str], images_dir: Path, seed: int) -> dict:
@@ -159,13 +152,14 @@ def main(argv=None) -> int:
                    help="cte: run the default CTE once per target (kept in its work folder) and race over it")
     cfg = p.parse_args(argv)
     pools = cfg.pool if cfg.score == "consensus" else ["cte"]
-    if cfg.elimination != ["E0"]:  # variant rows are named "setting [pool] Ek"
-        pools = [f"{pool}] [{e}" for pool in pools for e in cfg.elimination]
+
+    def label(name: str, pool: str, elimination: str) -> str:  # "setting [pool]", "... [Ek]" for variants
+        return f"{name} [{pool}]" + ("" if cfg.elimination == ["E0"] else f" [{elimination}]")
     truth_doc = json.loads((rq.RESULTS / f"{cfg.consensus}.json").read_text())["tasks"]
     results = {}
     for task, res in truth_doc.items():
         kind = "instance" if task.endswith("instance") else "semantic"
-        per_setting = {(name, pool): [] for name in SETTINGS for pool in pools}
+        per_setting = {(name, pool, e): [] for name in SETTINGS for pool in pools for e in cfg.elimination}
         for t in res["targets"]:
             folder = next((rq.WORK / task).glob(f"{t['name']}*-n{cfg.max_images}-c{cfg.crop}-s{cfg.seed}"))
             images_dir = rq.WORK / "targets" / folder.name / "images"
@@ -175,20 +169,16 @@ def main(argv=None) -> int:
                 rows = RunDirectory(folder / "rank-consensus").agreement.read()
 
                 def race(settings, pool):
-                    return replay(rows, names, units, kind, variant(settings, pool), cfg.seed, cfg.n_boot,
-                                  pool=(pool or "keep").split("]")[0])
+                    return replay(rows, names, units, kind, settings, cfg.seed, cfg.n_boot, pool=pool)
             else:
                 per = cte_per_unit(task, folder, names, images_dir, cfg.seed)
 
                 def race(settings, pool):
-                    return replay_cte(per, names, units, variant(settings, pool), cfg.seed, cfg.n_boot)
-
-            def variant(settings, pool):
-                e = pool.rsplit("[", 1)[1] if pool and "[" in pool else "E0"
-                return dataclasses.replace(settings, **ELIMINATION[e](len(units)))
-            full, full_tasks, _ = race(RaceSettings(), None)
-            for (name, pool), found in per_setting.items():
-                order, tasks, visited = race(RaceSettings(**SETTINGS[name]), pool)
+                    return replay_cte(per, names, units, settings, cfg.seed, cfg.n_boot)
+            full, full_tasks, _ = race(RaceSettings(), "keep")  # no race: the pool plays no part
+            for (name, pool, e), found in per_setting.items():
+                settings = RaceSettings(**SETTINGS[name], **ELIMINATION[e](len(units)))
+                order, tasks, visited = race(settings, pool)
                 found.append({
                     "target": t["name"], "tasks": tasks, "tasks_full": full_tasks, "units": visited,
                     "units_full": len(units), "same_top1": order[0] == full[0],
@@ -196,7 +186,7 @@ def main(argv=None) -> int:
                     "regret_vs_full": truth[full[0]] - truth[order[0]],
                     "regret_vs_true": max(truth.values()) - truth[order[0]],
                 })
-        results[task] = {f"{name} [{pool}]": summarise(v) for (name, pool), v in per_setting.items()}
+        results[task] = {label(*key): summarise(v) for key, v in per_setting.items()}
     lines = [f"# Racing replayed on the {cfg.score} runs ({cfg.report})", "",
              f"Targets of `{cfg.consensus}` (`--max-images {cfg.max_images} --seed {cfg.seed}`); a task = one model's "
              "prediction of one unit. Means over targets.", "",

@@ -44,9 +44,7 @@ def test_visiting_order_is_seeded_complete_and_stratified(tmp_path):
 def test_rounds_are_5_units_then_widen_on_large_targets():
     settings = RaceSettings(until_separated=True)
     assert {settings.round_size(84, v) for v in range(0, 84, 5)} == {5}  # small targets: every 5 units
-    checkpoints = [settings.round_size(1024)]
-    while checkpoints[-1] < 1024:
-        checkpoints.append(checkpoints[-1] + settings.round_size(1024, checkpoints[-1]))
+    checkpoints = sorted(settings.checkpoints(1024))
     steps = np.diff(checkpoints)
     assert checkpoints[:10] == list(range(5, 55, 5))  # a 1,000-unit volume is judged after 5 units
     assert (np.diff(steps) >= 0).all() and steps.max() == 52  # widening, at most 5 % of the units

@@ -64,6 +64,14 @@ class RaceSettings:
             return self.round_units
         return max(5, min(math.ceil(0.1 * visited), math.ceil(0.05 * n_units)))
 
+    def checkpoints(self, n_units: int) -> frozenset[int]:
+        """The numbers of finished units after which the race is evaluated (ends of rounds)."""
+        out, done = set(), 0
+        while done < n_units:
+            done += self.round_size(n_units, done)
+            out.add(done)
+        return frozenset(out)
+
 
 def parse_budget(text: str | None) -> float | None:
     """--budget 0.25 (a fraction of the units) or --budget 200 (units)."""

@@ -20,8 +20,7 @@ class _Driver:
         self.order, self.settings = order, settings
         self.state = RaceState(list(names), set(remaining))
         self.budget = settings.budget_units(len(order))
-        self.checkpoint = settings.round_size(len(order))  # evaluate when this many units are done
-        self.evaluated_at = 0
+        self.checkpoints = settings.checkpoints(len(order))  # evaluate when this many units are done
         self.position = 0
         self.queue: list = []  # tasks ready to hand out, first served
         self.open: dict[str, int] = {}  # unit -> tasks still running
@@ -60,12 +59,10 @@ class _Driver:
     def unit_done(self, name: str) -> None:
         self.finished.append(name)
         self.state.visited = len(self.finished)
-        if len(self.finished) == self.checkpoint:
-            self.checkpoint += self.settings.round_size(len(self.order), self.checkpoint)
+        if len(self.finished) in self.checkpoints:
             self._evaluate_now()
 
     def _evaluate_now(self) -> None:
-        self.evaluated_at = len(self.finished)
         self.state.evaluate(self._evaluate(self.finished), self.settings, n_boot=self.n_boot, seed=self.seed)
 
     def store_done(self, unit: str, agreement_task) -> None:
@@ -89,7 +86,7 @@ class _Driver:
             self.unit_done(unit)
 
     def finish(self) -> RaceState:
-        if self.finished and self.evaluated_at != len(self.finished):
+        if self.finished and len(self.finished) not in self.checkpoints:  # units done since the last round
             self._evaluate_now()
         self.state.finish("complete" if self.position >= len(self.order) and not self.state.stop else "budget")
         return self.state
