@@ -222,6 +222,9 @@ def main(argv=None) -> int:
     p.add_argument("--only-targets", nargs="*", default=None)
     p.add_argument("--dsb-all", action="store_true",
                    help="one large target instead: every DSB2018 test image (all size groups), for racing")
+    p.add_argument("--all-splits", action="store_true",
+                   help="nuclei targets from every split of their source (train, val, test ids; named <target>-all): "
+                        "unseen by their models, which were not trained on the source")
     cfg = p.parse_args(argv)
     splits = json.loads(rq.SPLITS.read_text())
     all_results = {}
@@ -235,6 +238,10 @@ def main(argv=None) -> int:
                 continue
             groups = tuple(sorted(splits["datasets"][rq.DSB]["size_group"]))
             specs = [rq.TargetSpec("dsb-all", rq.DSB, groups, "every DSB2018 test image (all size groups)")]
+        if cfg.all_splits:
+            if info["domain"] != "nuclei":  # the EM bank trained on both EM sources' train ids
+                continue
+            specs = [spec.every_split() for spec in specs]
         targets = []
         for spec in specs:
             if cfg.only_targets and spec.name not in cfg.only_targets:

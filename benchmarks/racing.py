@@ -11,6 +11,8 @@ and the regret against the full run's pick and against the true best (labels).
     python benchmarks/racing.py                       # the main targets (n10, seed 0)
     python benchmarks/racing.py --max-images 20 --seed 1 --report racing_replicate
     python benchmarks/racing.py --pool leave keep     # both consensus-pool rules (default)
+    python benchmarks/racing.py --max-images 120 --seed 3 --consensus consensus_quality_all_splits \
+        --report racing_all_splits --pool keep --elimination E0 E1 E2 E3 E4   # nuclei targets of every split
 """
 from __future__ import annotations
 
@@ -37,7 +39,11 @@ ELIMINATION = {  # declared in session 5 (README "When to eliminate"); n = the t
     "E0": lambda n: {"drop_below": 0.01},
     "E1": lambda n: {"drop_below": 0.01, "eliminate_from": max(20, math.ceil(0.1 * n))},
     "E2": lambda n: {"drop_below": 0.001},
+    # declared in session 6 (README "large targets, and when to eliminate on them")
+    "E3": lambda n: {"drop_below": 0.001, "eliminate_from": 20},
+    "E4": lambda n: {"drop_below": 0.001, "eliminate_from": max(20, math.ceil(0.1 * n))},
 }
+SEPARATED = 0.95  # the full run's pick is separated when its P(best) over all units reaches this
 
 
 def run_race(names: list[str], units: list[str], settings, evaluate, *, seed: int, n_boot: int, on_visit=None):
@@ -101,7 +107,7 @@ def replay(rows: list[dict], names: list[str], units: list[str], task: str, sett
     state, tasks, visited = run_race(names, units, settings, lambda v: per_unit(v, alive[v[-1]]),
                                      seed=seed, n_boot=n_boot, on_visit=alive.__setitem__)
     final = per_unit(visited, state.remaining, resolve_rounds(None, task))
-    return final_order(state, names, final), tasks, len(visited)
+    return final_order(state, names, final), tasks, len(visited), final
 
 
 def replay_cte(per_unit: dict[str, dict[str, float]], names: list[str], units: list[str], settings, seed: int,
@@ -110,7 +116,14 @@ def replay_cte(per_unit: dict[str, dict[str, float]], names: list[str], units: l
     is its own, so no pool."""
     matrix = np.array([[per_unit.get(n, {}).get(u, np.nan) for u in units] for n in names], dtype=float)
     state, tasks, visited = run_race(names, units, settings, lambda v: matrix[:, :len(v)], seed=seed, n_boot=n_boot)
-    return final_order(state, names, matrix[:, :len(visited)]), tasks, len(visited)
+    return final_order(state, names, matrix[:, :len(visited)]), tasks, len(visited), matrix[:, :len(visited)]
+
+
+def leader_p_best(per_unit: np.ndarray, seed: int, n_boot: int) -> float:
+    """The bootstrap P(best) of the model with the highest median (the job's own bootstrap)."""
+    from segrank.scoring.aggregate import bootstrap_medians, top_k_probability
+
+    return float(top_k_probability(bootstrap_medians(per_unit, n_boot=n_boot, seed=seed, label="full"), 1).max())
 
 
 def cte_per_unit(task: str, folder: Path, names: list[str], images_dir: Path, seed: int) -> dict:
@@ -128,8 +141,14 @@ def cte_per_unit(task: str, folder: Path, names: list[str], images_dir: Path, se
 
 def summarise(targets: list[dict]) -> dict:
     keys = ("same_top1", "top3_overlap", "regret_vs_full", "regret_vs_true")
-    return {"targets": targets, "mean": {k: float(np.mean([x[k] for x in targets])) for k in keys} | {
-        "tasks_fraction": float(sum(x["tasks"] for x in targets) / sum(x["tasks_full"] for x in targets))}}
+
+    def mean(group):
+        return {k: float(np.mean([x[k] for x in group])) for k in keys} | {
+            "tasks_fraction": float(sum(x["tasks"] for x in group) / sum(x["tasks_full"] for x in group)),
+            "targets": len(group)} if group else None
+    separated = [x for x in targets if x.get("full_p_best", 0.0) >= SEPARATED]
+    return {"targets": targets, "mean": mean(targets), "full_pick_separated": mean(separated),
+            "full_pick_not_separated": mean([x for x in targets if x not in separated])}
 
 
 def main(argv=None) -> int:
@@ -175,28 +194,48 @@ def main(argv=None) -> int:
 
                 def race(settings, pool):
                     return replay_cte(per, names, units, settings, cfg.seed, cfg.n_boot)
-            full, full_tasks, _ = race(RaceSettings(), "keep")  # no race: the pool plays no part
+            full, full_tasks, _, full_scores = race(RaceSettings(), "keep")  # no race: the pool plays no part
+            full_p_best = leader_p_best(full_scores, cfg.seed, cfg.n_boot)
             for (name, pool, e), found in per_setting.items():
                 settings = RaceSettings(**SETTINGS[name], **ELIMINATION[e](len(units)))
-                order, tasks, visited = race(settings, pool)
+                order, tasks, visited, _ = race(settings, pool)
                 found.append({
                     "target": t["name"], "tasks": tasks, "tasks_full": full_tasks, "units": visited,
                     "units_full": len(units), "same_top1": order[0] == full[0],
                     "top3_overlap": len(set(order[:3]) & set(full[:3])) / 3,
                     "regret_vs_full": truth[full[0]] - truth[order[0]],
-                    "regret_vs_true": max(truth.values()) - truth[order[0]],
+                    "regret_vs_true": max(truth.values()) - truth[order[0]], "full_p_best": full_p_best,
                 })
         results[task] = {label(*key): summarise(v) for key, v in per_setting.items()}
     lines = [f"# Racing replayed on the {cfg.score} runs ({cfg.report})", "",
              f"Targets of `{cfg.consensus}` (`--max-images {cfg.max_images} --seed {cfg.seed}`); a task = one model's "
              "prediction of one unit. Means over targets.", "",
-             "| task | setting | tasks vs full | same top-1 | top-3 overlap | regret vs full | regret vs true best |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | setting | tasks vs full | same top-1 | top-3 overlap | regret vs full | regret vs true best "
+             "| same top-1 where the full pick is separated / not (targets) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def split(r) -> str:
+        a, b = r["full_pick_separated"], r["full_pick_not_separated"]
+        return " / ".join("-" if m is None else f"{m['same_top1']:.2f} ({m['targets']})" for m in (a, b))
     for task, by_setting in results.items():
         for name, r in by_setting.items():
             m = r["mean"]
             lines.append(f"| {task} | {name} | {m['tasks_fraction']:.2f} | {m['same_top1']:.2f} | {m['top3_overlap']:.2f}"
-                         f" | {m['regret_vs_full']:.3f} | {m['regret_vs_true']:.3f} |")
+                         f" | {m['regret_vs_full']:.3f} | {m['regret_vs_true']:.3f} | {split(r)} |")
+    # pooled over tasks (and over settings, per variant): the figures the declared choices use
+    pooled: dict[str, list[dict]] = {}
+    for by_setting in results.values():
+        for name, r in by_setting.items():
+            pooled.setdefault(name, []).extend(r["targets"])
+            pooled.setdefault("all settings" + name[name.index(" ["):], []).extend(r["targets"])
+    lines += ["", "Pooled over the tasks (races, not targets, are the unit):", "",
+              "| setting | races | tasks vs full | same top-1 | top-3 overlap | regret vs full | regret vs true best "
+              "| same top-1 where the full pick is separated / not (races) |", "|---|---|---|---|---|---|---|---|"]
+    for name, found in sorted(pooled.items(), key=lambda kv: kv[0].startswith("all settings")):
+        r = summarise(found)
+        m = r["mean"]
+        lines.append(f"| {name} | {len(found)} | {m['tasks_fraction']:.3f} | {m['same_top1']:.3f} | {m['top3_overlap']:.3f}"
+                     f" | {m['regret_vs_full']:.4f} | {m['regret_vs_true']:.4f} | {split(r)} |")
     (rq.RESULTS / f"{cfg.report}.md").write_text("\n".join(lines) + "\n")
     (rq.RESULTS / f"{cfg.report}.json").write_text(json.dumps({"config": vars(cfg), "tasks": results}, indent=1))
     print("\n".join(lines))

@@ -94,6 +94,13 @@ class TargetSpec:
     dataset: str
     groups: tuple[str, ...] = ()
     note: str = ""
+    splits: tuple[str, ...] = ("test",)  # the splits.json ids it takes images from
+
+    def every_split(self) -> "TargetSpec":
+        """The same source from its train, val and test ids (named `<name>-all`): unseen by the
+        models ranked on it, which are those not trained on the source (leave-one-source-out)."""
+        return TargetSpec(f"{self.name}-all", self.dataset, self.groups, f"{self.note}, every split",
+                          ("train", "val", "test"))
 
     @property
     def sources(self) -> set[tuple[str, str | None]]:
@@ -170,7 +177,7 @@ def center_crop(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def build_target(spec: TargetSpec, splits: dict, *, structure: str | None, max_images: int, crop: int, seed: int) -> Path:
-    """The target folder (images/ + labels/, cropped copies) for a seeded subset of test ids."""
+    """The target folder (images/ + labels/, cropped copies) for a seeded subset of the spec's ids."""
     import tifffile
 
     from segrank.perturb.seeds import rng
@@ -180,7 +187,8 @@ def build_target(spec: TargetSpec, splits: dict, *, structure: str | None, max_i
     if done.exists():
         return folder
     entry = splits["datasets"][spec.dataset]
-    ids = sorted(i for g in spec.groups for i in entry["size_group"][g]["test"]) if spec.groups else sorted(entry["test"])
+    ids = sorted(i for g in spec.groups for s in spec.splits for i in entry["size_group"][g].get(s, [])) if spec.groups \
+        else sorted(i for s in spec.splits for i in entry.get(s, []))
     if max_images and len(ids) > max_images:
         pick = rng(seed, "ranking_quality", spec.name, 0, "subset").choice(len(ids), size=max_images, replace=False)
         ids = [ids[i] for i in sorted(pick)]
