@@ -78,11 +78,13 @@ def final_order(state, names: list[str], per_unit: np.ndarray) -> list[str]:
 
 
 def replay(rows: list[dict], names: list[str], units: list[str], task: str, settings, seed: int, n_boot: int,
-           pool: str = "leave"):
+           pool: str = "leave", round_score: str = "job"):
     """(order of the final ranking, tasks used, units visited) of one consensus race over stored rows.
 
     pool "leave": the remaining models are scored among themselves on every visited unit;
-    "keep": each unit's pool is the models in the race when it was visited."""
+    "keep": each unit's pool is the models in the race when it was visited. round_score "job":
+    rounds are decided on the job's score (re-weighted); "plain": on the unweighted consensus
+    (sessions 4-5, before the fix)."""
     from segrank.scoring.consensus import pairwise_scores, resolve_rounds, resolve_similarity, similarity_matrices
 
     similarity = resolve_similarity("auto", task)
@@ -104,9 +106,11 @@ def replay(rows: list[dict], names: list[str], units: list[str], task: str, sett
         return per
 
     # a round ends right after its last visit, so the models in the race are those it was handed to
-    state, tasks, visited = run_race(names, units, settings, lambda v: per_unit(v, alive[v[-1]]),
+    rounds = resolve_rounds(None, task)
+    state, tasks, visited = run_race(names, units, settings,
+                                     lambda v: per_unit(v, alive[v[-1]], rounds if round_score == "job" else 0),
                                      seed=seed, n_boot=n_boot, on_visit=alive.__setitem__)
-    final = per_unit(visited, state.remaining, resolve_rounds(None, task))
+    final = per_unit(visited, state.remaining, rounds)
     return final_order(state, names, final), tasks, len(visited), final
 
 
@@ -167,13 +171,18 @@ def main(argv=None) -> int:
                    help="what an eliminated model does to the consensus pool (README: P0 leave, P1 keep)")
     p.add_argument("--elimination", nargs="+", choices=list(ELIMINATION), default=["E0"],
                    help="elimination-rule variants (README: When to eliminate)")
+    p.add_argument("--round-score", nargs="+", choices=("job", "plain"), default=["job"],
+                   help="the consensus score rounds are decided on: the job's (re-weighted, as reported) or the "
+                        "plain unweighted one (before session 6's fix)")
     p.add_argument("--score", choices=("consensus", "cte"), default="consensus",
                    help="cte: run the default CTE once per target (kept in its work folder) and race over it")
     cfg = p.parse_args(argv)
-    pools = cfg.pool if cfg.score == "consensus" else ["cte"]
+    # (pool rule, score the rounds decide on)
+    pools = [(p, r) for p in cfg.pool for r in cfg.round_score] if cfg.score == "consensus" else [("cte", "job")]
 
-    def label(name: str, pool: str, elimination: str) -> str:  # "setting [pool]", "... [Ek]" for variants
-        return f"{name} [{pool}]" + ("" if cfg.elimination == ["E0"] else f" [{elimination}]")
+    def label(name: str, pool: tuple[str, str], elimination: str) -> str:  # "setting [pool]", "... [Ek]" for variants
+        return (f"{name} [{pool[0]}{', plain rounds' if pool[1] == 'plain' else ''}]"
+                + ("" if cfg.elimination == ["E0"] else f" [{elimination}]"))
     truth_doc = json.loads((rq.RESULTS / f"{cfg.consensus}.json").read_text())["tasks"]
     results = {}
     for task, res in truth_doc.items():
@@ -188,13 +197,14 @@ def main(argv=None) -> int:
                 rows = RunDirectory(folder / "rank-consensus").agreement.read()
 
                 def race(settings, pool):
-                    return replay(rows, names, units, kind, settings, cfg.seed, cfg.n_boot, pool=pool)
+                    return replay(rows, names, units, kind, settings, cfg.seed, cfg.n_boot, pool=pool[0],
+                                  round_score=pool[1])
             else:
                 per = cte_per_unit(task, folder, names, images_dir, cfg.seed)
 
                 def race(settings, pool):
                     return replay_cte(per, names, units, settings, cfg.seed, cfg.n_boot)
-            full, full_tasks, _, full_scores = race(RaceSettings(), "keep")  # no race: the pool plays no part
+            full, full_tasks, _, full_scores = race(RaceSettings(), ("keep", "job"))  # no race: no pool, no rounds
             full_p_best = leader_p_best(full_scores, cfg.seed, cfg.n_boot)
             for (name, pool, e), found in per_setting.items():
                 settings = RaceSettings(**SETTINGS[name], **ELIMINATION[e](len(units)))

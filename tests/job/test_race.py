@@ -139,6 +139,15 @@ def test_the_consensus_races_and_an_eliminated_model_stays_in_the_pool_of_its_un
                               rounds=resolve_rounds(None, "semantic")).per_unit
     assert not np.allclose(per_unit[[names.index(r["name"]) for r in remaining]],
                            without[[[n for n in names if n != "blind"].index(r["name"]) for r in remaining]])
+    # every round is decided on the score the job reports (re-weighted), not the plain consensus
+    first = race["rounds"][0]
+    sim, _ = similarity_matrices(agreement, names, visited[:first["units"]], ei)
+    reported = pairwise_scores(sim, rounds=resolve_rounds(None, "semantic")).per_unit
+    plain = pairwise_scores(sim).per_unit
+    for name, score in first["score"].items():
+        i = names.index(name)
+        assert score == pytest.approx(float(np.nanmedian(reported[i])), abs=1e-9)
+    assert not np.allclose(np.nanmedian(reported, axis=1), np.nanmedian(plain, axis=1))
 
 
 def test_the_report_shows_the_race(noise_bank, many, tmp_path):

@@ -231,6 +231,7 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
         return ScoringOptions((), metrics[model.name], 1, o["seed"], o["threshold"], o["device"], o["threads"], store)
 
     similarity = resolve_similarity(o["similarity"], task)
+    rounds = resolve_rounds(o["rounds"], task)
     state, ran = None, 0
     if race is not None and race.active:
         from .race import eliminated_rows
@@ -239,7 +240,7 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
         state, ran, predictions = race_consensus(
             models, images, plan.sessions, options_of, run=run, executor=executor, store=store.path, block=o["block"],
             tile=o["tile"], halo=o["halo"], threshold=o["threshold"], failures=failures, settings=race,
-            similarity=similarity, n_boot=o["n_boot"], seed=o["seed"])
+            similarity=similarity, rounds=rounds, n_boot=o["n_boot"], seed=o["seed"])
         ranked = {m.name for m in models if not state.stopped.get(m.name, "").startswith("elim")}
     else:
         predictions = score_consensus(models, images, plan.sessions, options_of, run=run, executor=executor,
@@ -249,8 +250,7 @@ def run_consensus(models, images, plan, run, executor, failures: list[Failure], 
     # the whole bank is the pool: an eliminated model counts on the units it was scored on
     rows, diagnostics, unit_scores = consensus_rows(
         models, images, o["block"], run.agreement.read(), similarity=similarity,
-        rounds=resolve_rounds(o["rounds"], task),
-        providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"], ranked=ranked)
+        rounds=rounds, providers=plan.providers, failures=failures, n_boot=o["n_boot"], seed=o["seed"], ranked=ranked)
     if state is not None and rows:
         from .race import order_by_race
 

@@ -124,10 +124,11 @@ def race_cte(plan, executor, run, done: dict, failures: list, *, models, images,
 
 
 def race_consensus(models, images, sessions, options_of, *, run, executor, store: str, block, tile, halo,
-                   threshold: float, failures: list, settings: RaceSettings, similarity: str, n_boot: int,
-                   seed: int) -> tuple[RaceState, int, dict]:
+                   threshold: float, failures: list, settings: RaceSettings, similarity: str, rounds: int,
+                   n_boot: int, seed: int) -> tuple[RaceState, int, dict]:
     """Race the consensus stage: per unit, every remaining model's store task, then the unit's
-    agreement task; (state, inference tasks run, predictions counts)."""
+    agreement task; (state, inference tasks run, predictions counts). Rounds are decided on the
+    score the job reports (`similarity`, re-weighted `rounds` times), not on a plainer one."""
     from ..scoring.consensus import pairwise_scores, similarity_matrices
     from .consensus import AgreementTask, agreement_task, store_tasks
 
@@ -153,7 +154,7 @@ def race_consensus(models, images, sessions, options_of, *, run, executor, store
         # every model in the pool of the units it was scored on (its agreement rows); the race
         # reads the rows of the remaining models only
         sim, _ = similarity_matrices(rows, list(by_name), units, similarity)
-        return pairwise_scores(sim).per_unit
+        return pairwise_scores(sim, rounds=rounds).per_unit
 
     class Driver(_Driver):
         def __init__(self, *args, **kwargs):
