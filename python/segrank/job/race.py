@@ -16,7 +16,12 @@ the models in the race when it was visited, and it stays so: an eliminated model
 the units it was scored on and is absent from the units visited after it. Every remaining model
 is scored against the same pool on each unit, so the paired comparisons stay fair, and a unit's
 statistics never change once computed (benchmarks/README.md, "the consensus pool": this rule
-kept the full run's pick more often than scoring the remaining models among themselves).
+kept the full run's pick more often than scoring the remaining models among themselves). Rounds
+are decided on the score the ranking reports (the re-weighted consensus), so a race over every
+unit that eliminates nothing is the full ranking. Once models are eliminated, later units are
+scored among the better models: the race's final score is that pool's consensus, which can pick
+another model than the full run's whole-bank consensus (measured: as good or better against the
+labels; benchmarks/README.md, "session 6").
 """
 from __future__ import annotations
 
