@@ -43,7 +43,6 @@ ELIMINATION = {  # declared in session 5 (README "When to eliminate"); n = the t
     "E3": lambda n: {"drop_below": 0.001, "eliminate_from": 20},
     "E4": lambda n: {"drop_below": 0.001, "eliminate_from": max(20, math.ceil(0.1 * n))},
 }
-SEPARATED = 0.95  # the full run's pick is separated when its P(best) over all units reaches this
 
 
 def run_race(names: list[str], units: list[str], settings, evaluate, *, seed: int, n_boot: int, on_visit=None):
@@ -150,9 +149,38 @@ def summarise(targets: list[dict]) -> dict:
         return {k: float(np.mean([x[k] for x in group])) for k in keys} | {
             "tasks_fraction": float(sum(x["tasks"] for x in group) / sum(x["tasks_full"] for x in group)),
             "targets": len(group)} if group else None
-    separated = [x for x in targets if x.get("full_p_best", 0.0) >= SEPARATED]
-    return {"targets": targets, "mean": mean(targets), "full_pick_separated": mean(separated),
-            "full_pick_not_separated": mean([x for x in targets if x not in separated])}
+    from segrank.job.race import SEPARATED  # the full run's pick is separated as a race's leader is
+
+    known = [x for x in targets if "full_p_best" in x]  # reports before session 6 lack it
+    return {"targets": targets, "mean": mean(targets),
+            "full_pick_separated": mean([x for x in known if x["full_p_best"] >= SEPARATED]),
+            "full_pick_not_separated": mean([x for x in known if x["full_p_best"] < SEPARATED])}
+
+
+def split_by_separation(r: dict) -> str:
+    """"same top-1 (n)" where the full run's pick is separated / where it is not."""
+    return " / ".join("-" if m is None else f"{m['same_top1']:.2f} ({m['targets']})"
+                      for m in (r["full_pick_separated"], r["full_pick_not_separated"]))
+
+
+def pooled_table(results: list[dict]) -> list[str]:
+    """Markdown rows pooled over tasks (and reports): per setting label, and per variant over all
+    settings; `results` are {task: {label: summary}} dicts. Races, not targets, are the unit."""
+    pooled: dict[str, list[dict]] = {}
+    for by_task in results:
+        for by_setting in by_task.values():
+            for name, r in by_setting.items():
+                pooled.setdefault(name, []).extend(r["targets"])
+                variant = name[name.find(" ["):] if " [" in name else ""
+                pooled.setdefault("all settings" + variant, []).extend(r["targets"])
+    lines = ["| setting | races | tasks vs full | same top-1 | top-3 overlap | regret vs full | regret vs true best "
+             "| same top-1 where the full pick is separated / not (races) |", "|---|---|---|---|---|---|---|---|"]
+    for name, found in sorted(pooled.items(), key=lambda kv: kv[0].startswith("all settings")):
+        r = summarise(found)
+        m = r["mean"]
+        lines.append(f"| {name} | {len(found)} | {m['tasks_fraction']:.3f} | {m['same_top1']:.3f} | {m['top3_overlap']:.3f}"
+                     f" | {m['regret_vs_full']:.4f} | {m['regret_vs_true']:.4f} | {split_by_separation(r)} |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -224,28 +252,13 @@ def main(argv=None) -> int:
              "| same top-1 where the full pick is separated / not (targets) |",
              "|---|---|---|---|---|---|---|---|"]
 
-    def split(r) -> str:
-        a, b = r["full_pick_separated"], r["full_pick_not_separated"]
-        return " / ".join("-" if m is None else f"{m['same_top1']:.2f} ({m['targets']})" for m in (a, b))
     for task, by_setting in results.items():
         for name, r in by_setting.items():
             m = r["mean"]
             lines.append(f"| {task} | {name} | {m['tasks_fraction']:.2f} | {m['same_top1']:.2f} | {m['top3_overlap']:.2f}"
-                         f" | {m['regret_vs_full']:.3f} | {m['regret_vs_true']:.3f} | {split(r)} |")
+                         f" | {m['regret_vs_full']:.3f} | {m['regret_vs_true']:.3f} | {split_by_separation(r)} |")
     # pooled over tasks (and over settings, per variant): the figures the declared choices use
-    pooled: dict[str, list[dict]] = {}
-    for by_setting in results.values():
-        for name, r in by_setting.items():
-            pooled.setdefault(name, []).extend(r["targets"])
-            pooled.setdefault("all settings" + name[name.index(" ["):], []).extend(r["targets"])
-    lines += ["", "Pooled over the tasks (races, not targets, are the unit):", "",
-              "| setting | races | tasks vs full | same top-1 | top-3 overlap | regret vs full | regret vs true best "
-              "| same top-1 where the full pick is separated / not (races) |", "|---|---|---|---|---|---|---|---|"]
-    for name, found in sorted(pooled.items(), key=lambda kv: kv[0].startswith("all settings")):
-        r = summarise(found)
-        m = r["mean"]
-        lines.append(f"| {name} | {len(found)} | {m['tasks_fraction']:.3f} | {m['same_top1']:.3f} | {m['top3_overlap']:.3f}"
-                     f" | {m['regret_vs_full']:.4f} | {m['regret_vs_true']:.4f} | {split(r)} |")
+    lines += ["", "Pooled over the tasks (races, not targets, are the unit):", ""] + pooled_table([results])
     (rq.RESULTS / f"{cfg.report}.md").write_text("\n".join(lines) + "\n")
     (rq.RESULTS / f"{cfg.report}.json").write_text(json.dumps({"config": vars(cfg), "tasks": results}, indent=1))
     print("\n".join(lines))
